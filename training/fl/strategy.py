@@ -28,11 +28,18 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 Weights = dict[str, torch.Tensor]
+
+
+class Aggregator(Protocol):
+    """Combines client deltas into one delta. FedAvg's weighted mean is one; robust rules (median,
+    trimmed mean, Krum, clipping) are others, selectable per job."""
+
+    def __call__(self, deltas: Sequence[Weights], sample_counts: Sequence[int]) -> Weights: ...
 
 
 @dataclass(frozen=True)
