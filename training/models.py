@@ -1,0 +1,1 @@
+"""Federated jobs: Job, Participant, Round, ClientResult (filled in by the federated-jobs issue)."""
