@@ -1,0 +1,126 @@
+"""FedLaAvg server rules: oldest-participation selection, latest-gradient running mean, stale and
+never-seen clients (ALGORITHMS.md §4)."""
+
+import random
+
+import pytest
+import torch
+
+from training.fl.fedlaavg import (
+    LAST_FAILED_META,
+    LAST_ROUND_META,
+    FedLaAvg,
+    full_mean_gradient,
+    g_key,
+    gbar_key,
+    loss_scale,
+)
+from training.fl.strategy import ClientFailure, ClientInfo, ClientUpdate
+
+LR = 0.5
+
+
+def weights() -> dict[str, torch.Tensor]:
+    return {"w": torch.tensor([[1.0, -2.0], [0.5, 3.0]]), "b": torch.tensor([0.25, -1.0])}
+
+
+def update(cid: str, dw: list[list[float]], db: list[float], n: int = 10) -> ClientUpdate:
+    return ClientUpdate(cid, n, {"w": torch.tensor(dw), "b": torch.tensor(db)})
+
+
+def infos(*ids: str) -> list[ClientInfo]:
+    return [ClientInfo(cid, 10) for cid in ids]
+
+
+def test_select_takes_oldest_among_available_never_first():
+    strategy = FedLaAvg(num_clients=5, lr=LR)
+    state = strategy.initial_state(weights())
+    state.meta[LAST_ROUND_META] = {"a": 5, "b": 2, "d": 1, "e": 4}
+    # d is the oldest overall but offline; c has never taken part.
+    chosen = strategy.select(state, 6, infos("a", "b", "c", "e"), 3, random.Random(0))
+    assert chosen == ["c", "b", "e"]
+
+
+def test_select_is_reproducible_and_breaks_ties_with_the_rng():
+    strategy = FedLaAvg(num_clients=8, lr=LR)
+    state = strategy.initial_state(weights())
+    available = infos(*"abcdefgh")
+    picks = {tuple(strategy.select(state, 1, available, 3, random.Random(seed))) for seed in range(20)}
+    assert len(picks) > 1  # ties among never-seen phones are not always resolved the same way
+    same = [strategy.select(state, 1, available, 3, random.Random(7)) for _ in range(2)]
+    assert same[0] == same[1]
+
+
+def test_select_puts_recent_failures_after_equally_old_phones():
+    strategy = FedLaAvg(num_clients=3, lr=LR)
+    state = strategy.initial_state(weights())
+    state.meta[LAST_FAILED_META] = {"a": 3}
+    for seed in range(10):
+        assert "a" not in strategy.select(state, 4, infos("a", "b", "c"), 2, random.Random(seed))
+
+
+def test_never_seen_clients_contribute_zero():
+    strategy = FedLaAvg(num_clients=4, lr=LR)
+    state = strategy.initial_state(weights())
+    new, metrics = strategy.aggregate(state, 1, [update("a", [[4.0, 0.0], [0.0, -8.0]], [2.0, 2.0])], [])
+    # G_a = -Δ/γ; Ḡ = G_a/4 (three zeros); x ← x − γ·Ḡ = x + Δ/4.
+    assert torch.allclose(new.weights["w"], torch.tensor([[2.0, -2.0], [0.5, 1.0]]))
+    assert torch.allclose(new.weights["b"], torch.tensor([0.75, -0.5]))
+    assert torch.allclose(new.buffers[g_key("a", "w")], torch.tensor([[-8.0, 0.0], [0.0, 16.0]]))
+    assert metrics["num_never_seen"] == 3 and metrics["num_stale"] == 0
+
+
+def test_absent_clients_contribute_their_stale_gradient():
+    strategy = FedLaAvg(num_clients=2, lr=LR)
+    s0 = strategy.initial_state(weights())
+    s1, _ = strategy.aggregate(s0, 1, [update("a", [[2.0, 2.0], [2.0, 2.0]], [0.0, 0.0])], [])
+    s2, metrics = strategy.aggregate(
+        s1, 2, [update("b", [[0.0, 0.0], [0.0, 0.0]], [4.0, 4.0])], [ClientFailure("a", "offline")]
+    )
+    # a is absent in round 2 but its round-1 G still counts: x2 = x1 + (Δa + Δb)/2.
+    expected_w = s1.weights["w"] + torch.full((2, 2), 1.0)
+    expected_b = s1.weights["b"] + torch.tensor([2.0, 2.0])
+    assert torch.allclose(s2.weights["w"], expected_w)
+    assert torch.allclose(s2.weights["b"], expected_b)
+    assert metrics["num_stale"] == 1
+    assert s2.meta[LAST_ROUND_META] == {"a": 1, "b": 2}
+    assert s2.meta[LAST_FAILED_META] == {"a": 2}
+
+
+def test_incremental_mean_equals_full_recomputation_over_random_rounds():
+    torch.manual_seed(0)
+    rng = random.Random(1)
+    n_clients = 7
+    strategy = FedLaAvg(num_clients=n_clients, lr=0.1)
+    state = strategy.initial_state(weights())
+    ids = [f"phone-{i}.local:5555" for i in range(n_clients)]  # dots and colons in ids are fine
+    for round_no in range(1, 40):
+        reporters = rng.sample(ids, rng.randint(0, 4))
+        ups = [ClientUpdate(cid, 10, {"w": torch.randn(2, 2), "b": torch.randn(2)}) for cid in reporters]
+        before = state.weights
+        state, _ = strategy.aggregate(state, round_no, ups, [])
+        exact = full_mean_gradient(state, n_clients)
+        for p in ("w", "b"):
+            assert torch.allclose(state.buffers[gbar_key(p)], exact[p], rtol=0, atol=1e-12)
+            expected = (before[p].double() - 0.1 * exact[p]).float()
+            assert torch.allclose(state.weights[p], expected, atol=1e-6)
+
+
+def test_more_clients_than_num_clients_is_an_error():
+    strategy = FedLaAvg(num_clients=1, lr=LR)
+    state = strategy.initial_state(weights())
+    with pytest.raises(ValueError, match="more distinct clients"):
+        zeros = ([[0.0, 0.0], [0.0, 0.0]], [0.0, 0.0])
+        strategy.aggregate(state, 1, [update("a", *zeros), update("b", *zeros)], [])
+
+
+def test_configure_sends_weights_and_scaling_inputs():
+    strategy = FedLaAvg(num_clients=3, lr=0.01, total_samples=300)
+    state = strategy.initial_state(weights())
+    [plan] = strategy.configure(state, 1, ["a"], {"local_steps": 10, "batch_size": 5, "lr": 9.0})
+    assert set(plan.tensors) == {"w", "b"}
+    assert plan.config["lr"] == 0.01  # the server's γ wins: it is what turns deltas back into gradients
+    config = plan.config
+    assert (config["num_clients"], config["total_samples"], config["local_steps"]) == (3, 300, 10)
+    assert loss_scale(3, 50, 300) == pytest.approx(0.5)
+    assert loss_scale(3, 50, None) == 1.0
