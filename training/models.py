@@ -1,1 +1,288 @@
-"""Federated jobs: Job, Participant, Round, ClientResult (filled in by the federated-jobs issue)."""
+"""Federated jobs as rows: every background run is a persisted record the UI can show (NetBox style).
+
+Job ── Participant (a phone and its data shard for this job)
+   └── Round ── ClientResult (one selected phone in one round attempt)
+
+State lives here, not in Celery: every task takes ids and re-reads these rows, so a restarted worker,
+web server or Redis resumes a job at its last committed round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+    @property
+    def badge(self) -> str:
+        return JOB_BADGES[self.value]
+
+
+JOB_BADGES = {
+    "queued": "secondary",
+    "running": "primary",
+    "paused": "warning",
+    "completed": "success",
+    "failed": "danger",
+    "cancelled": "dark",
+}
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class Job(models.Model):
+    name = models.CharField(max_length=120)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    # The validated job configuration (training/job_config.py); the main fields are copied to columns
+    # so lists can filter and sort without reading JSON.
+    config = models.JSONField()
+    algorithm = models.CharField(max_length=32)
+    dataset = models.CharField(max_length=32)
+    model_name = models.CharField(max_length=32)
+    rounds_total = models.PositiveIntegerField()
+    clients_per_round = models.PositiveIntegerField()
+    # The last committed round (0 = none yet); the next round to run is committed_rounds + 1.
+    committed_rounds = models.PositiveIntegerField(default=0)
+    last_accuracy = models.FloatField(null=True, blank=True)
+    last_loss = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("operate_jobs", "Can launch, pause, resume and cancel federated jobs")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+    @property
+    def status_badge(self) -> str:
+        return JOB_BADGES.get(self.status, "secondary")
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_JOB_STATUSES
+
+    @property
+    def progress_percent(self) -> int:
+        return int(100 * self.committed_rounds / max(self.rounds_total, 1))
+
+
+class Participant(models.Model):
+    """A phone taking part in a job, with the data shard it holds (pushed once per job)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="participants")
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="participations")
+    client_index = models.PositiveIntegerField()
+    num_samples = models.PositiveIntegerField()
+    label_counts = models.JSONField(default=list)
+    shard_sha256 = models.CharField(max_length=64)
+    # Last round whose aggregate used this phone's update (FedLaAvg selects by it; charts count it).
+    last_round = models.PositiveIntegerField(null=True, blank=True)
+    rounds_reported = models.PositiveIntegerField(default=0)
+    excluded = models.BooleanField(default=False)
+    excluded_reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["client_index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "device"], name="participant_unique_device"),
+            models.UniqueConstraint(fields=["job", "client_index"], name="participant_unique_index"),
+        ]
+
+    @property
+    def client_id(self) -> str:
+        return str(self.device_id)
+
+
+class RoundStatus(models.TextChoices):
+    CONFIGURING = "configuring", "Configuring"
+    TRAINING = "training", "Training"
+    AGGREGATING = "aggregating", "Aggregating"
+    COMMITTED = "committed", "Committed"
+    ABANDONED = "abandoned", "Abandoned"
+
+
+ROUND_BADGES = {
+    "configuring": "info",
+    "training": "primary",
+    "aggregating": "warning",
+    "committed": "success",
+    "abandoned": "danger",
+}
+
+
+class Round(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
+    # A round that is abandoned (too few reports) is retried as a new attempt with the same number.
+    attempt = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=12, choices=RoundStatus.choices, default=RoundStatus.CONFIGURING)
+    goal = models.PositiveIntegerField()
+    min_reports = models.PositiveIntegerField()
+    deadline_at = models.DateTimeField()
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Seconds per phase; push/train/pull are the slowest phone's, as they bound the round.
+    select_s = models.FloatField(default=0)
+    push_s = models.FloatField(default=0)
+    train_s = models.FloatField(default=0)
+    pull_s = models.FloatField(default=0)
+    aggregate_s = models.FloatField(default=0)
+    wall_s = models.FloatField(default=0)
+    accuracy = models.FloatField(null=True, blank=True)
+    loss = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict)
+    bytes_down = models.BigIntegerField(default=0)
+    bytes_up = models.BigIntegerField(default=0)
+    reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["number", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "number", "attempt"], name="round_unique_attempt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} round {self.number}.{self.attempt}"
+
+    @property
+    def status_badge(self) -> str:
+        return ROUND_BADGES.get(self.status, "secondary")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.pk,
+            "number": self.number,
+            "attempt": self.attempt,
+            "status": self.status,
+            "goal": self.goal,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "timings": {
+                "select": self.select_s,
+                "push": self.push_s,
+                "train": self.train_s,
+                "pull": self.pull_s,
+                "aggregate": self.aggregate_s,
+                "wall": self.wall_s,
+            },
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "metrics": self.metrics,
+            "reason": self.reason,
+        }
+
+
+class ClientState(models.TextChoices):
+    SELECTED = "selected", "Selected"
+    PUSHING = "pushing", "Pushing"
+    TRAINING = "training", "Training"
+    PULLING = "pulling", "Pulling"
+    REPORTED = "reported", "Reported"
+    LATE = "late", "Late"
+    FAILED = "failed", "Failed"
+    REJECTED = "rejected", "Rejected"
+    DROPPED = "dropped", "Dropped"
+
+
+CLIENT_BADGES = {
+    "selected": "secondary",
+    "pushing": "info",
+    "training": "primary",
+    "pulling": "info",
+    "reported": "success",
+    "late": "warning",
+    "failed": "danger",
+    "rejected": "danger",
+    "dropped": "dark",
+}
+IN_FLIGHT_STATES = (ClientState.SELECTED, ClientState.PUSHING, ClientState.TRAINING, ClientState.PULLING)
+
+
+class ClientResult(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="client_results")
+    round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="client_results")
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="client_results")
+    state = models.CharField(max_length=10, choices=ClientState.choices, default=ClientState.SELECTED)
+    reason = models.CharField(max_length=300, blank=True)
+    num_samples = models.PositiveIntegerField(null=True, blank=True)
+    loss = models.FloatField(null=True, blank=True)
+    epoch = models.FloatField(null=True, blank=True)
+    step = models.PositiveIntegerField(null=True, blank=True)
+    steps_total = models.PositiveIntegerField(null=True, blank=True)
+    metrics = models.JSONField(default=dict)
+    bytes_down = models.BigIntegerField(default=0)
+    bytes_up = models.BigIntegerField(default=0)
+    push_s = models.FloatField(default=0)
+    train_s = models.FloatField(default=0)
+    pull_s = models.FloatField(default=0)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["round_id", "device_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["round", "device"], name="client_result_unique"),
+        ]
+
+    @property
+    def state_badge(self) -> str:
+        return CLIENT_BADGES.get(self.state, "secondary")
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "device": self.device_id,
+            "device_name": self.device.name,
+            "round": self.round.number,
+            "state": self.state,
+            "reason": self.reason,
+            "samples": self.num_samples,
+            "loss": self.loss,
+            "epoch": self.epoch,
+            "step": self.step,
+            "steps_total": self.steps_total,
+            "bytes_down": self.bytes_down,
+            "bytes_up": self.bytes_up,
+            "timings": {"push": self.push_s, "train": self.train_s, "pull": self.pull_s},
+        }
+
+
+class LogLevel(models.TextChoices):
+    INFO = "info", "Info"
+    WARNING = "warning", "Warning"
+    ERROR = "error", "Error"
+
+
+class JobLogEntry(models.Model):
+    """The job's event log: what happened and why, in words, kept for the dashboard and exports."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="log_entries")
+    at = models.DateTimeField(auto_now_add=True)
+    level = models.CharField(max_length=8, choices=LogLevel.choices, default=LogLevel.INFO)
+    round_number = models.PositiveIntegerField(null=True, blank=True)
+    message = models.CharField(max_length=500)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["job", "-at"])]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "level": self.level,
+            "round": self.round_number,
+            "message": self.message,
+        }

@@ -1,0 +1,238 @@
+"""A federated job's configuration: one validator shared by the web form, the API and `run_job`.
+
+`parse_job_config(data)` takes untrusted JSON-like input and returns a `JobConfig` or raises
+`JobConfigError` whose `.errors` maps each field to a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.fl.datasets import dataset_names
+from training.fl.nets import model_names
+from training.fl.registry import STRATEGY_NAMES
+from training.fl.robust import AGGREGATOR_NAMES
+
+PARTITIONS = {
+    "iid": "IID (shuffled, equal sizes)",
+    "dirichlet": "Dirichlet label skew (α)",
+    "shards": "Label-sorted shards per phone (k)",
+    "quantity": "Quantity skew (lognormal σ)",
+    "natural": "Natural (the data set's own devices)",
+}
+TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+class JobConfigError(ValueError):
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str = "digits-fedavg"
+    dataset: str = "digits"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    data_seed: int = 0
+    partition: str = "iid"
+    partition_param: float | None = None
+    model: str = "mlp"
+    algorithm: str = "fedavg"
+    algorithm_params: dict[str, Any] = field(default_factory=dict)
+    aggregator: str = "mean"
+    aggregator_params: dict[str, Any] = field(default_factory=dict)
+    rounds: int = 30
+    clients_per_round: int = 10
+    min_clients: int = 0  # 0 = derived: ceil(80% of clients_per_round)
+    over_selection: float = 1.3
+    local_epochs: int = 2
+    batch_size: int = 10
+    lr: float = 0.1
+    round_deadline_s: float = 120.0
+    max_phones: int = 0  # 0 = every eligible phone at launch takes part
+    min_battery: int = 0
+    require_charging: bool = False
+    device_tags: tuple[str, ...] = ()
+    seed: int = 1
+
+    @property
+    def min_reports(self) -> int:
+        if self.min_clients:
+            return self.min_clients
+        return max(1, math.ceil(0.8 * self.clients_per_round))
+
+    @property
+    def selection_count(self) -> int:
+        return math.ceil(self.clients_per_round * self.over_selection)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["device_tags"] = list(self.device_tags)
+        return data
+
+
+DEFAULTS = JobConfig()
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "rounds": (1, 10_000),
+    "clients_per_round": (1, 1_000),
+    "min_clients": (0, 1_000),
+    "local_epochs": (1, 100),
+    "batch_size": (1, 10_000),
+    "max_phones": (0, 10_000),
+    "min_battery": (0, 100),
+    "seed": (0, 2**31 - 1),
+    "data_seed": (0, 2**31 - 1),
+}
+_FLOAT_RANGES: dict[str, tuple[float, float]] = {
+    "over_selection": (1.0, 3.0),
+    "lr": (1e-6, 10.0),
+    "round_deadline_s": (1.0, 24 * 3600.0),
+}
+_CHOICES = {
+    "dataset": dataset_names,
+    "model": model_names,
+    "algorithm": lambda: list(STRATEGY_NAMES),
+    "aggregator": lambda: list(AGGREGATOR_NAMES),
+    "partition": lambda: list(PARTITIONS),
+}
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError
+    return int(value)
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError
+    return number
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.lower() in {"0", "false", "no", "off", ""}:
+        return False
+    if isinstance(value, int):
+        return bool(value)
+    raise ValueError
+
+
+def _parse_tags(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [t for t in re.split(r"[,\s]+", value) if t]
+    if not isinstance(value, list | tuple):
+        raise ValueError("device_tags must be a list of tags")
+    tags = tuple(str(t) for t in value)
+    bad = [t for t in tags if not TAG_RE.match(t)]
+    if bad:
+        raise ValueError(f"tags may use letters, digits, '_', '.', '-' only: {', '.join(bad)}")
+    return tags
+
+
+def _parse_params(value: Any) -> dict[str, Any]:
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError("must be an object of parameters")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not re.match(r"^[a-z_][a-z0-9_]{0,40}$", key):
+            raise ValueError(f"bad parameter name {key!r}")
+        if isinstance(item, bool | int | float | str) or item is None:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"{key} must be a finite number")
+            out[key] = item
+        else:
+            raise ValueError(f"{key} must be a number, string or boolean")
+    return out
+
+
+def parse_job_config(data: Mapping[str, Any]) -> JobConfig:
+    if not isinstance(data, Mapping):
+        raise JobConfigError({"__all__": "the job configuration must be a JSON object"})
+    known = {f.name for f in dataclasses.fields(JobConfig)}
+    errors: dict[str, str] = {}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        errors["__all__"] = f"unknown field(s): {', '.join(unknown)}"
+    values: dict[str, Any] = {}
+    for name in known & set(data):
+        raw = data[name]
+        try:
+            if name in _INT_RANGES:
+                lo, hi = _INT_RANGES[name]
+                number = _as_int(raw)
+                if not lo <= number <= hi:
+                    raise ValueError(f"must be between {lo} and {hi}")
+                values[name] = number
+            elif name in _FLOAT_RANGES:
+                flo, fhi = _FLOAT_RANGES[name]
+                real = _as_float(raw)
+                if not flo <= real <= fhi:
+                    raise ValueError(f"must be between {flo:g} and {fhi:g}")
+                values[name] = real
+            elif name in _CHOICES:
+                options = _CHOICES[name]()
+                if raw not in options:
+                    raise ValueError(f"unknown {name} {raw!r}; choose one of {', '.join(options)}")
+                values[name] = raw
+            elif name == "partition_param":
+                values[name] = None if raw in (None, "") else _as_float(raw)
+            elif name == "require_charging":
+                values[name] = _as_bool(raw)
+            elif name == "device_tags":
+                values[name] = _parse_tags(raw)
+            elif name.endswith("_params"):
+                values[name] = _parse_params(raw)
+            elif name == "name":
+                text = str(raw).strip()
+                if not 1 <= len(text) <= 120:
+                    raise ValueError("give the job a name of 1 to 120 characters")
+                values[name] = text
+        except ValueError as exc:
+            message = str(exc) or f"{raw!r} is not a valid value"
+            errors[name] = message
+        except TypeError:
+            errors[name] = f"{raw!r} is not a valid value"
+    if errors:
+        raise JobConfigError(errors)
+    config = dataclasses.replace(DEFAULTS, **values)
+    _check_consistency(config, errors)
+    if errors:
+        raise JobConfigError(errors)
+    return config
+
+
+def _check_consistency(config: JobConfig, errors: dict[str, str]) -> None:
+    if config.min_clients > config.clients_per_round:
+        errors["min_clients"] = "cannot exceed clients per round"
+    if config.partition in {"dirichlet", "shards", "quantity"} and config.partition_param is None:
+        hint = {"dirichlet": "α, e.g. 0.5", "shards": "k shards per phone, e.g. 2", "quantity": "σ, e.g. 1.0"}
+        errors["partition_param"] = (
+            f"the {config.partition} partition needs its parameter ({hint[config.partition]})"
+        )
+    if config.partition == "dirichlet" and config.partition_param is not None and config.partition_param <= 0:
+        errors["partition_param"] = "α must be positive"
+    if (
+        config.partition == "shards"
+        and config.partition_param is not None
+        and (config.partition_param < 1 or not float(config.partition_param).is_integer())
+    ):
+        errors["partition_param"] = "k must be a whole number ≥ 1"
+    if config.partition == "natural" and config.dataset != "synthetic":
+        errors["partition"] = "the natural partition needs a data set with its own devices (synthetic)"

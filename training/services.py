@@ -1,0 +1,223 @@
+"""The one place that writes jobs and emits their events (Zulip style); views and tasks stay thin.
+
+Status changes use conditional UPDATEs (`filter(status=...).update(...)`) so two workers, or a worker and
+a person pressing "pause", never both win.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from training import storage
+from training.events import send_job_event
+from training.job_config import JobConfig
+from training.models import (
+    ClientResult,
+    Job,
+    JobLogEntry,
+    JobStatus,
+    LogLevel,
+    Participant,
+    Round,
+    RoundStatus,
+)
+
+
+class JobActionError(Exception):
+    """An action that does not apply to the job's current status (e.g. resuming a completed job)."""
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.pk,
+        "name": job.name,
+        "status": job.status,
+        "status_badge": job.status_badge,
+        "algorithm": job.algorithm,
+        "dataset": job.dataset,
+        "model": job.model_name,
+        "rounds_total": job.rounds_total,
+        "committed_rounds": job.committed_rounds,
+        "clients_per_round": job.clients_per_round,
+        "last_accuracy": job.last_accuracy,
+        "last_loss": job.last_loss,
+        "error": job.error,
+        "config": job.config,
+        "owner": job.owner.get_username(),
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def log(job_id: int, message: str, *, level: str = LogLevel.INFO, round_number: int | None = None) -> None:
+    entry = JobLogEntry.objects.create(
+        job_id=job_id, message=message[:500], level=level, round_number=round_number
+    )
+    send_job_event(job_id, "job.log", entry=entry.snapshot())
+
+
+def create_job(owner: AbstractBaseUser, config: JobConfig) -> Job:
+    """Persist a validated job and queue its start once the row is committed."""
+    from training import tasks  # noqa: PLC0415 - tasks import services; keep the cycle lazy
+
+    with transaction.atomic():
+        job = Job.objects.create(
+            name=config.name,
+            owner=owner,
+            config=config.to_dict(),
+            algorithm=config.algorithm,
+            dataset=config.dataset,
+            model_name=config.model,
+            rounds_total=config.rounds,
+            clients_per_round=config.clients_per_round,
+        )
+        log(job.pk, f"job created by {owner.get_username()}")
+        tasks.start_job.delay_on_commit(job.pk)
+    return job
+
+
+def _set_status(job: Job, new: str, *, allowed_from: tuple[str, ...], **fields: Any) -> bool:
+    updated = Job.objects.filter(pk=job.pk, status__in=allowed_from).update(status=new, **fields)
+    if updated:
+        job.refresh_from_db()
+        send_job_event(job.pk, "job.status", job=job_summary(job))
+    return bool(updated)
+
+
+def mark_running(job: Job) -> bool:
+    return _set_status(job, JobStatus.RUNNING, allowed_from=(JobStatus.QUEUED,), started_at=timezone.now())
+
+
+def pause_job(job: Job, by: AbstractBaseUser) -> None:
+    with transaction.atomic():
+        if not _set_status(job, JobStatus.PAUSED, allowed_from=(JobStatus.QUEUED, JobStatus.RUNNING)):
+            raise JobActionError(f"a {job.status} job cannot be paused")
+        log(job.pk, f"paused by {by.get_username()}: the current round finishes, no new round starts")
+
+
+def resume_job(job: Job, by: AbstractBaseUser) -> None:
+    from training import tasks  # noqa: PLC0415
+
+    with transaction.atomic():
+        if not _set_status(job, JobStatus.RUNNING, allowed_from=(JobStatus.PAUSED,)):
+            raise JobActionError(f"a {job.status} job cannot be resumed")
+        log(job.pk, f"resumed by {by.get_username()}")
+        tasks.start_round.delay_on_commit(job.pk)
+
+
+def cancel_job(job: Job, by: AbstractBaseUser) -> None:
+    from training import engine  # noqa: PLC0415
+
+    with transaction.atomic():
+        active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+        if not _set_status(job, JobStatus.CANCELLED, allowed_from=active, finished_at=timezone.now()):
+            raise JobActionError(f"a {job.status} job cannot be cancelled")
+        log(job.pk, f"cancelled by {by.get_username()}", level=LogLevel.WARNING)
+        engine.release_job_leases(job.pk)
+
+
+def complete_job(job: Job) -> None:
+    if _set_status(job, JobStatus.COMPLETED, allowed_from=(JobStatus.RUNNING,), finished_at=timezone.now()):
+        log(job.pk, f"completed {job.committed_rounds} rounds; final accuracy {job.last_accuracy or 0:.3f}")
+
+
+def fail_job(job: Job, error: str) -> None:
+    active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+    if _set_status(
+        job, JobStatus.FAILED, allowed_from=active, finished_at=timezone.now(), error=error[:2000]
+    ):
+        log(job.pk, f"failed: {error}", level=LogLevel.ERROR)
+
+
+def job_snapshot(job: Job) -> dict[str, Any]:
+    """Everything a dashboard needs to draw itself; events after it are applied on top."""
+    rounds = list(job.rounds.order_by("number", "attempt"))
+    current = next(
+        (r for r in reversed(rounds) if r.status not in (RoundStatus.COMMITTED, RoundStatus.ABANDONED)), None
+    )
+    shown = current or (rounds[-1] if rounds else None)
+    clients = (
+        [
+            c.snapshot()
+            for c in shown.client_results.select_related("device", "round").order_by("device__name")
+        ]
+        if shown
+        else []
+    )
+    participants = [
+        {
+            "device": p.device_id,
+            "device_name": p.device.name,
+            "client_index": p.client_index,
+            "num_samples": p.num_samples,
+            "label_counts": p.label_counts,
+            "rounds_reported": p.rounds_reported,
+            "last_round": p.last_round,
+            "excluded": p.excluded,
+            "excluded_reason": p.excluded_reason,
+        }
+        for p in job.participants.select_related("device")
+    ]
+    return {
+        "job": job_summary(job),
+        "rounds": [r.snapshot() for r in rounds],
+        "current_round": current.snapshot() if current else None,
+        "clients": clients,
+        "participants": participants,
+        "log": [e.snapshot() for e in job.log_entries.all()[:200]],
+    }
+
+
+def export_rows(job: Job) -> list[dict[str, Any]]:
+    """One row per committed round: what the CSV/JSON exports contain."""
+    rows = []
+    for r in job.rounds.filter(status=RoundStatus.COMMITTED).order_by("number"):
+        reported = r.client_results.filter(state="reported").count()
+        rows.append(
+            {
+                "round": r.number,
+                "attempt": r.attempt,
+                "accuracy": r.accuracy,
+                "loss": r.loss,
+                "reported": reported,
+                "select_s": r.select_s,
+                "push_s": r.push_s,
+                "train_s": r.train_s,
+                "pull_s": r.pull_s,
+                "aggregate_s": r.aggregate_s,
+                "wall_s": r.wall_s,
+                "bytes_down": r.bytes_down,
+                "bytes_up": r.bytes_up,
+            }
+        )
+    return rows
+
+
+def final_model_path(job: Job) -> Path | None:
+    if not job.committed_rounds:
+        return None
+    path = storage.model_export_path(job.pk, job.committed_rounds)
+    return path if path.exists() else None
+
+
+__all__ = [
+    "ClientResult",
+    "JobActionError",
+    "Participant",
+    "Round",
+    "cancel_job",
+    "create_job",
+    "export_rows",
+    "final_model_path",
+    "job_snapshot",
+    "job_summary",
+    "log",
+    "pause_job",
+    "resume_job",
+]
