@@ -1,0 +1,197 @@
+"""Data sets: scikit-learn's bundled 8×8 digits and FedProx's Synthetic(α, β) (ALGORITHMS.md §2).
+
+`load_dataset(name, seed=..., **params)` returns a `DatasetSplits` (train and held-out test `Dataset`s).
+`seed` is the *data* seed: it fixes the generated data and the train/test split, so jobs that should be
+compared on the same test set must share it (the job's own seed drives selection and local shuffling).
+
+Features keep their natural shape — digits are (1, 8, 8) images, Synthetic rows are (60,) vectors — and
+the models flatten as needed. Synthetic data carries `groups`: each training sample's device, which the
+"natural" partitioner uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+SYNTHETIC_DEVICES = 30
+SYNTHETIC_DIMENSION = 60
+SYNTHETIC_CLASSES = 10
+SYNTHETIC_TRAIN_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Float32 features `x` of shape (n, *feature_shape) and int64 labels `y` of shape (n,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+    feature_shape: tuple[int, ...]
+    groups: np.ndarray | None = None  # per-sample natural client (e.g. Synthetic's device), if any
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+        if tuple(self.x.shape[1:]) != self.feature_shape:
+            raise ValueError(f"x rows have shape {tuple(self.x.shape[1:])}, expected {self.feature_shape}")
+        if self.groups is not None and len(self.groups) != len(self):
+            raise ValueError("groups must give one group per sample")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.y.numpy()
+
+    def subset(self, indices: np.ndarray) -> Dataset:
+        index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        groups = None if self.groups is None else self.groups[np.asarray(indices, dtype=np.int64)]
+        return Dataset(self.x[index], self.y[index], self.num_classes, self.feature_shape, groups)
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    name: str
+    train: Dataset
+    test: Dataset
+    params: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return self.train.feature_shape
+
+
+def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> DatasetSplits:
+    """scikit-learn's 1,797 8×8 digits, pixels scaled from 0..16 to [0, 1], stratified seeded split."""
+    from sklearn.datasets import load_digits as sklearn_digits  # lazy: the agent never needs scikit-learn
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
+    bunch = sklearn_digits()
+    images = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None, :, :]
+    labels = np.asarray(bunch.target, dtype=np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+
+    def part(idx: np.ndarray) -> Dataset:
+        return Dataset(torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]), 10, (1, 8, 8))
+
+    return DatasetSplits("digits", part(train_idx), part(test_idx), {"test_fraction": test_fraction})
+
+
+@dataclass(frozen=True)
+class SyntheticDevice:
+    x: np.ndarray  # (n_k, 60) float64 as generated
+    y: np.ndarray  # (n_k,) int64
+
+
+def generate_synthetic(
+    alpha: float, beta: float, *, iid: bool = False, seed: int = 0, num_devices: int = SYNTHETIC_DEVICES
+) -> list[SyntheticDevice]:
+    """FedProx's Synthetic(α, β), exactly as ALGORITHMS.md §2 (second argument of N = std dev).
+
+    Per device k: u_k ~ N(0, α), B_k ~ N(0, β); W_k (60×10), b_k (10) ~ N(u_k, 1); v_k (60) ~ N(B_k, 1);
+    x ~ N(v_k, Σ), Σ diagonal with Σ_jj = j^-1.2 (j = 1..60); y = argmax(xᵀW_k + b_k);
+    n_k = int(lognormal(mean 4, sigma 2)) + 50. IID variant: one shared W, b ~ N(0, 1) and v = 0.
+    The draw order follows the FedProx reference generator (sizes, u, B, v, shared W/b, then per device).
+    """
+    if alpha < 0 or beta < 0:
+        raise ValueError(f"synthetic: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+    if num_devices < 1:
+        raise ValueError(f"synthetic: num_devices must be >= 1, got {num_devices}")
+    rng = np.random.default_rng(seed)
+    d, c = SYNTHETIC_DIMENSION, SYNTHETIC_CLASSES
+    sizes = rng.lognormal(4, 2, num_devices).astype(np.int64) + 50
+    u = rng.normal(0, alpha, num_devices)
+    big_b = rng.normal(0, beta, num_devices)
+    # Σ is diagonal, so x = v + sqrt(diag Σ) ⊙ z with z ~ N(0, I) is exactly N(v, Σ).
+    std_x = np.power(np.arange(1, d + 1, dtype=np.float64), -1.2) ** 0.5
+    if iid:
+        v = np.zeros((num_devices, d))
+    else:
+        v = np.stack([rng.normal(big_b[k], 1, d) for k in range(num_devices)])
+    shared_w = rng.normal(0, 1, (d, c)) if iid else None
+    shared_b = rng.normal(0, 1, c) if iid else None
+    devices = []
+    for k in range(num_devices):
+        if shared_w is not None and shared_b is not None:
+            w, b = shared_w, shared_b
+        else:
+            w = rng.normal(u[k], 1, (d, c))
+            b = rng.normal(u[k], 1, c)
+        x = v[k] + std_x * rng.standard_normal((int(sizes[k]), d))
+        y = np.argmax(x @ w + b, axis=1).astype(np.int64)
+        devices.append(SyntheticDevice(x, y))
+    return devices
+
+
+def load_synthetic(
+    *,
+    seed: int = 0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    iid: bool = False,
+    num_devices: int = SYNTHETIC_DEVICES,
+) -> DatasetSplits:
+    """Synthetic(α, β) with each device's first 90% (int(0.9·n_k)) for training and the rest for testing.
+
+    A device's samples are i.i.d. draws, so taking the first 90% is an unbiased split. The server's test set
+    is the union of the devices' 10% test parts; `train.groups` keeps each training sample's device.
+    """
+    devices = generate_synthetic(alpha, beta, iid=iid, seed=seed, num_devices=num_devices)
+    xs_train, ys_train, groups, xs_test, ys_test = [], [], [], [], []
+    for k, device in enumerate(devices):
+        n_train = int(SYNTHETIC_TRAIN_FRACTION * len(device.y))
+        xs_train.append(device.x[:n_train])
+        ys_train.append(device.y[:n_train])
+        groups.append(np.full(n_train, k, dtype=np.int64))
+        xs_test.append(device.x[n_train:])
+        ys_test.append(device.y[n_train:])
+    shape = (SYNTHETIC_DIMENSION,)
+
+    def part(xs: list[np.ndarray], ys: list[np.ndarray], group: np.ndarray | None) -> Dataset:
+        x = torch.from_numpy(np.concatenate(xs).astype(np.float32))
+        y = torch.from_numpy(np.concatenate(ys))
+        return Dataset(x, y, SYNTHETIC_CLASSES, shape, group)
+
+    params = {"alpha": alpha, "beta": beta, "iid": iid, "num_devices": num_devices}
+    return DatasetSplits(
+        "synthetic", part(xs_train, ys_train, np.concatenate(groups)), part(xs_test, ys_test, None), params
+    )
+
+
+DatasetLoader = Callable[..., DatasetSplits]
+
+# Other modules register their data sets here (name -> loader taking seed= and keyword parameters).
+DATASET_LOADERS: dict[str, DatasetLoader] = {
+    "digits": load_digits,
+    "synthetic": load_synthetic,
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(DATASET_LOADERS)
+
+
+def load_dataset(name: str, *, seed: int = 0, **params: Any) -> DatasetSplits:
+    try:
+        loader = DATASET_LOADERS[name]
+    except KeyError:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(dataset_names())}") from None
+    try:
+        return loader(seed=seed, **params)
+    except TypeError as exc:  # an unexpected parameter for this data set
+        raise ValueError(f"data set {name!r}: {exc}") from None
