@@ -1,0 +1,31 @@
+"""ASGI entry point (Daphne): HTTP through Django, websockets through Channels.
+
+Websockets are wrapped in AllowedHostsOriginValidator (a page from another origin cannot open them) and
+AuthMiddlewareStack (the session cookie gives consumers `scope["user"]`; consumers refuse anonymous users).
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+# Django must be set up before anything imports models (the consumers do).
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from config.routing import collect_websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(collect_websocket_urlpatterns()))
+        ),
+    }
+)

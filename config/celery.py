@@ -1,0 +1,95 @@
+"""The Celery app `fedfleet`: queues, routes, reliability options and the beat schedule.
+
+Queues:
+  devices   ADB I/O (probes, pushes, training runs on phones): a threads pool, since it mostly waits.
+  training  aggregation, evaluation, influence: CPU-bound, a prefork pool.
+  devices.<host>  optional per-host queues: a machine with USB phones runs a worker with
+                  `-Q devices.<host>` and phones whose Device.worker_queue names it are served there
+                  (see device_queue()).
+Tasks take ids and are idempotent, so they are acknowledged late: a worker that dies mid-task leaves
+the message for another worker instead of losing it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from config.env import env_int
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+DEVICES_QUEUE = "devices"
+TRAINING_QUEUE = "training"
+# Read here (not from django.conf) because this module is imported while settings are still loading.
+PROBE_INTERVAL_S = env_int("FEDFLEET_PROBE_INTERVAL_S", 10, minimum=1)
+
+app = Celery("fedfleet")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+def device_queue(worker_queue: str = "") -> str:
+    """The queue for a phone's ADB work: its host's queue when it has one, else the shared one.
+
+    Use it when sending a task for one phone: `task.apply_async(args, queue=device_queue(d.worker_queue))`
+    (an explicit `queue=` wins over task_routes).
+    """
+    return worker_queue or DEVICES_QUEUE
+
+
+def route_by_module(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
+    """devices.tasks.* -> devices, training.tasks.* -> training; anything else -> Celery's default."""
+    if name.startswith("devices."):
+        return {"queue": DEVICES_QUEUE}
+    if name.startswith("training."):
+        return {"queue": TRAINING_QUEUE}
+    return None
+
+
+app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    result_expires=3600,
+    task_queues=tuple(
+        Queue(name, Exchange(name), routing_key=name) for name in (DEVICES_QUEUE, TRAINING_QUEUE)
+    ),
+    task_default_queue=DEVICES_QUEUE,
+    task_routes=(route_by_module,),
+    task_create_missing_queues=True,  # devices.<host> queues appear when first used
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    # Defaults; tasks that legitimately run long (a training round on a phone) set their own limits.
+    task_soft_time_limit=600,
+    task_time_limit=660,
+    broker_connection_retry_on_startup=True,
+    # Publishing while Redis is down should fail fast, not hang a web request.
+    task_publish_retry_policy={
+        "max_retries": 3,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    },
+    worker_hijack_root_logger=False,
+    timezone="UTC",
+)
+
+app.conf.beat_schedule = {
+    "probe-fleet": {
+        "task": "devices.tasks.probe_fleet",
+        "schedule": float(PROBE_INTERVAL_S),
+        # A fan-out that waited longer than one period is stale: the next one is already on its way.
+        "options": {"expires": float(PROBE_INTERVAL_S)},
+    },
+    "purge-old-telemetry": {
+        "task": "devices.tasks.purge_old_telemetry",
+        "schedule": 3600.0,
+    },
+}
+
+app.autodiscover_tasks()

@@ -1,0 +1,158 @@
+"""The device lab's records: phones, their telemetry over time, and their availability history.
+
+Rows here are written only by devices.services (one place that also emits the live events); everything
+else reads them. `lease_job_id` is a plain integer on purpose: the training app records which job holds a
+phone, and this app never imports training.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from devices.addresses import TRANSPORT_TCP, TRANSPORT_USB
+
+
+class Transport(models.TextChoices):
+    TCP = TRANSPORT_TCP, "TCP/IP (host:port)"
+    USB = TRANSPORT_USB, "USB (serial)"
+
+
+class DeviceStatus(models.TextChoices):
+    ONLINE = "online", "Online"
+    BUSY = "busy", "Busy"
+    UNAUTHORIZED = "unauthorized", "Unauthorized"
+    OFFLINE = "offline", "Offline"
+    UNKNOWN = "unknown", "Unknown"
+
+    @property
+    def colour(self) -> str:
+        """Badge colour (a CSS class suffix: badge-green, ...), NetBox style."""
+        return STATUS_COLOURS[self.value]
+
+
+STATUS_COLOURS: dict[str, str] = {
+    DeviceStatus.ONLINE: "green",
+    DeviceStatus.BUSY: "blue",
+    DeviceStatus.UNAUTHORIZED: "orange",
+    DeviceStatus.OFFLINE: "red",
+    DeviceStatus.UNKNOWN: "grey",
+}
+
+
+class Tag(models.Model):
+    """A free label on phones ("lab-a", "rooted"), used for filtering. Stored normalised (lower case)."""
+
+    name = models.SlugField(max_length=40, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Device(models.Model):
+    name = models.CharField(max_length=64, unique=True)
+    transport = models.CharField(max_length=8, choices=Transport.choices, default=Transport.TCP)
+    # "host:port" for tcp (normalised by devices.addresses), the adb serial for usb.
+    address = models.CharField(max_length=255, unique=True)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="devices")
+    agent_python = models.CharField(
+        max_length=200,
+        default="python3",
+        help_text="How Python is run on the phone, e.g. python3",
+    )
+    work_dir = models.CharField(max_length=200, default="/data/local/tmp/fedfleet/")
+    worker_queue = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Queue of the host the phone is plugged into; blank = shared",
+    )
+
+    status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.UNKNOWN)
+    status_reason = models.CharField(max_length=300, blank=True)
+    status_changed_at = models.DateTimeField(null=True, blank=True)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    # Telemetry: the latest values (the history is in TelemetrySample).
+    manufacturer = models.CharField(max_length=100, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    android_release = models.CharField(max_length=32, blank=True)
+    sdk_int = models.PositiveSmallIntegerField(null=True, blank=True)
+    abi = models.CharField(max_length=32, blank=True)
+    battery_level = models.PositiveSmallIntegerField(null=True, blank=True)
+    charging = models.BooleanField(null=True, blank=True)
+    battery_temperature_c = models.FloatField(null=True, blank=True)
+    ram_total_mb = models.PositiveIntegerField(null=True, blank=True)
+    ram_available_mb = models.PositiveIntegerField(null=True, blank=True)
+    cpu_cores = models.PositiveSmallIntegerField(null=True, blank=True)
+    telemetry_at = models.DateTimeField(null=True, blank=True)
+
+    # Which federated job holds the phone (set by the training app); null = free.
+    lease_job_id = models.PositiveBigIntegerField(null=True, blank=True, db_index=True)
+    # Set by a health probe while it talks to the phone; a conditional UPDATE on it is the claim.
+    probe_claimed_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("operate_lab", "Can operate the lab (register phones, launch jobs)")]
+        indexes = [models.Index(fields=["status"], name="device_status_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def status_colour(self) -> str:
+        return STATUS_COLOURS.get(self.status, "grey")
+
+    @property
+    def ram_total_gb(self) -> float | None:
+        return None if self.ram_total_mb is None else round(self.ram_total_mb / 1024, 1)
+
+
+class TelemetrySample(models.Model):
+    """One point of a phone's telemetry history (at most one per FEDFLEET_TELEMETRY_SAMPLE_INTERVAL_S)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="telemetry_samples")
+    recorded_at = models.DateTimeField(db_index=True)
+    battery_level = models.PositiveSmallIntegerField(null=True, blank=True)
+    charging = models.BooleanField(null=True, blank=True)
+    battery_temperature_c = models.FloatField(null=True, blank=True)
+    ram_available_mb = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["recorded_at"]
+        indexes = [models.Index(fields=["device", "recorded_at"], name="telemetry_device_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.device_id}@{self.recorded_at:%Y-%m-%d %H:%M:%S}"
+
+
+class AvailabilityInterval(models.Model):
+    """A span of time during which a phone had one status; `ended_at` null = the current span."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="availability")
+    status = models.CharField(max_length=16, choices=DeviceStatus.choices)
+    reason = models.CharField(max_length=300, blank=True)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["started_at"]
+        indexes = [models.Index(fields=["device", "started_at"], name="availability_device_time_idx")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device"], condition=Q(ended_at__isnull=True), name="one_open_interval_per_device"
+            ),
+            models.CheckConstraint(
+                condition=Q(ended_at__isnull=True) | Q(ended_at__gte=models.F("started_at")),
+                name="interval_ends_after_start",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_id} {self.status} {self.started_at:%Y-%m-%d %H:%M:%S}"
