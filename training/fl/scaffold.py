@@ -1,0 +1,369 @@
+"""SCAFFOLD, option II (Karimireddy et al., ICML 2020), ALGORITHMS.md §3.
+
+Non-IID data makes each phone's local steps drift toward its own optimum. SCAFFOLD corrects every local
+step with control variates: the server's c (an estimate of the global gradient) and the phone's c_i (an
+estimate of its own), so the local step follows g_i(y) − c_i + c ≈ the global gradient direction.
+
+Server (this strategy)
+- configure: each selected phone receives the global weights x, the control variate c as tensors
+  `scaffold.c.<param>`, and a config with the local-training settings plus, per phone, the round its
+  last update was aggregated (`scaffold_ci_round`, None if never) — see "c_i on the phone" below.
+- aggregate: x ← x + η_g·mean(Δy);  c ← c + (|S|/N)·mean(Δc) = c + Σ Δc / N, with N = every phone in the
+  job (`num_clients`). Means are unweighted, as in the paper.
+
+Client (`scaffold_client_train`, run by the agent on the phone)
+- y ← x; K local SGD steps y ← y − η_l·(g_i(y) − c_i + c), K = the steps actually run;
+  c_i⁺ = c_i − c + (x − y)/(K·η_l);  uploads Δy under the parameter names and Δc = c_i⁺ − c_i under
+  `scaffold.dc.<param>` — twice FedAvg's upload (and download: x and c).
+
+c_i on the phone
+c_i lives in `<client_state_dir>/scaffold_ci.safetensors` on the phone between rounds; it goes nowhere
+else. A phone's upload can be lost after it has trained (dropped connection, late), in which case the
+server never folds its Δc into c. So the file keeps two slots: the *committed* c_i and the *pending* c_i⁺
+with the round that produced it. The server tells the phone which of its rounds was last aggregated and
+the phone keeps the matching slot; the invariant c = (1/N)·Σ c_i then survives dropped uploads. A phone
+whose file is missing, corrupt, from another model, or matches neither round (wiped phone, reinstalled
+agent) starts again from c_i = 0 and reports `scaffold_ci_reset: 1`; the server counts those in its
+metrics so the platform can note them. (The lost c_i remains folded into c — nothing can recover it.)
+
+State keys: buffers `scaffold.c.<param>`; meta `scaffold.last_round` = {client_id: round aggregated}.
+Only floating-point entries of the weights get control variates; integer buffers keep the server's value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from training.fl.strategy import (
+    ClientFailure,
+    ClientInstructions,
+    ClientUpdate,
+    ServerState,
+    Strategy,
+    Weights,
+)
+
+C_PREFIX = "scaffold.c."
+DC_PREFIX = "scaffold.dc."
+LAST_ROUND_META = "scaffold.last_round"
+CI_ROUND_CONFIG = "scaffold_ci_round"
+CI_RESET_METRIC = "scaffold_ci_reset"
+CLIENT_ID_PLACEHOLDER = "{client_id}"
+CI_FILE_NAME = "scaffold_ci.safetensors"
+_COMMITTED = "committed."
+_PENDING = "pending."
+_NO_ROUND = "none"
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def c_key(param: str) -> str:
+    return f"{C_PREFIX}{param}"
+
+
+def dc_key(param: str) -> str:
+    return f"{DC_PREFIX}{param}"
+
+
+def controlled_params(weights: Mapping[str, torch.Tensor]) -> list[str]:
+    """Entries that get a control variate (floating point), in a stable order."""
+    return sorted(k for k, v in weights.items() if v.is_floating_point() and not k.startswith("scaffold."))
+
+
+def per_client_state_dir(template: str, client_id: str) -> str:
+    """Expand `{client_id}` in a state-dir template. On phones the dir is per job and the phone's own work
+    dir keeps phones apart; a simulation running every client in one process needs one dir per client."""
+    safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", client_id)
+    return template.replace(CLIENT_ID_PLACEHOLDER, safe_id)
+
+
+class Scaffold(Strategy):
+    """SCAFFOLD option II. `num_clients` is N (every phone in the job); `server_lr` is η_g."""
+
+    name = "scaffold"
+
+    def __init__(self, num_clients: int, server_lr: float = 1.0) -> None:
+        if num_clients < 1:
+            raise ValueError(f"num_clients must be >= 1, got {num_clients}")
+        if not server_lr > 0:
+            raise ValueError(f"server_lr must be > 0, got {server_lr}")
+        self.num_clients = num_clients
+        self.server_lr = float(server_lr)
+
+    def initial_state(self, weights: Weights) -> ServerState:
+        state = super().initial_state(weights)
+        for p in controlled_params(state.weights):
+            state.buffers[c_key(p)] = torch.zeros_like(state.weights[p])
+        state.meta[LAST_ROUND_META] = {}
+        return state
+
+    def configure(
+        self, state: ServerState, round_no: int, client_ids: Sequence[str], base_config: Mapping[str, Any]
+    ) -> list[ClientInstructions]:
+        tensors = configure_payload(state)
+        last_round: Mapping[str, int] = state.meta.get(LAST_ROUND_META, {})
+        plans = []
+        for cid in client_ids:
+            config = {**base_config, "algorithm": self.name, "round": round_no}
+            config[CI_ROUND_CONFIG] = last_round.get(cid)
+            if isinstance(config.get("client_state_dir"), str):
+                config["client_state_dir"] = per_client_state_dir(config["client_state_dir"], cid)
+            plans.append(ClientInstructions(client_id=cid, tensors=dict(tensors), config=config))
+        return plans
+
+    def aggregate(
+        self,
+        state: ServerState,
+        round_no: int,
+        updates: Sequence[ClientUpdate],
+        failures: Sequence[ClientFailure],
+    ) -> tuple[ServerState, dict[str, float]]:
+        ids = [u.client_id for u in updates]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate client updates in round {round_no}: {sorted(ids)}")
+        params = controlled_params(state.weights)
+        metrics = {
+            "num_reported": float(len(updates)),
+            "num_failed": float(len(failures)),
+            "scaffold_ci_resets": float(sum(u.metrics.get(CI_RESET_METRIC, 0.0) > 0 for u in updates)),
+        }
+        if not updates:
+            return state, {**metrics, "delta_norm": 0.0, "c_norm": _global_norm(state.buffers.values())}
+
+        weights = dict(state.weights)
+        buffers = dict(state.buffers)
+        mean_dy = {p: _stack(updates, p).mean(0) for p in params}
+        sum_dc = {p: _stack(updates, dc_key(p)).sum(0) for p in params}
+        for p in params:
+            weights[p] = state.weights[p] + self.server_lr * mean_dy[p].to(state.weights[p].dtype)
+            # (|S|/N)·mean(Δc) is Σ Δc / N: each reporting phone's c_i moved by Δc, and c is their mean.
+            buffers[c_key(p)] = state.buffers[c_key(p)] + sum_dc[p] / self.num_clients
+
+        last_round = {**state.meta.get(LAST_ROUND_META, {}), **dict.fromkeys(ids, round_no)}
+        meta = {**state.meta, LAST_ROUND_META: last_round}
+        metrics["delta_norm"] = _global_norm(mean_dy.values())
+        # Traffic: every selected phone downloaded x and c; every reporter uploaded Δy and Δc.
+        selected = len(updates) + len(failures)
+        metrics["download_bytes"] = float(selected * tensor_bytes(configure_payload(state)))
+        metrics["upload_bytes"] = float(sum(tensor_bytes(u.tensors) for u in updates))
+        metrics["c_norm"] = _global_norm(buffers[c_key(p)] for p in params)
+        return ServerState(weights=weights, buffers=buffers, meta=meta), metrics
+
+    def expected_upload(self, weights: Weights) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        expected = super().expected_upload(weights)
+        for p in controlled_params(weights):
+            expected[dc_key(p)] = (tuple(weights[p].shape), weights[p].dtype)
+        return expected
+
+
+def configure_payload(state: ServerState) -> Weights:
+    """The tensors one selected phone downloads: x and c."""
+    tensors: Weights = dict(state.weights)
+    for p in controlled_params(state.weights):
+        tensors[c_key(p)] = state.buffers[c_key(p)]
+    return tensors
+
+
+def tensor_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Raw tensor payload in bytes (the safetensors file adds a small JSON header on top)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _stack(updates: Sequence[ClientUpdate], key: str) -> torch.Tensor:
+    return torch.stack([u.tensors[key].to(torch.float32) for u in updates])
+
+
+def _global_norm(tensors: Iterable[torch.Tensor]) -> float:
+    return float(sum(float((t.double() ** 2).sum()) for t in tensors) ** 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client side: runs on the phone (inside agent.pyz). Plain torch + safetensors, no server imports.
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientControl:
+    """The c_i a phone starts a round from, and whether it had to be reset to zero."""
+
+    c_i: Weights
+    base_round: int | None  # the round that produced this c_i (None = the initial zero)
+    reset: bool
+
+
+@dataclass(frozen=True)
+class ScaffoldLocalResult:
+    upload: Weights  # Δy under parameter names, Δc under scaffold.dc.<param>
+    c_i_new: Weights
+    steps: int  # K, the local steps actually run
+    mean_loss: float
+
+
+def control_file(state_dir: str | os.PathLike[str]) -> Path:
+    return Path(state_dir) / CI_FILE_NAME
+
+
+def load_client_control(
+    state_dir: str | os.PathLike[str],
+    reference: Mapping[str, torch.Tensor],
+    aggregated_round: int | None,
+    *,
+    tracked: bool = True,
+) -> ClientControl:
+    """Read this phone's c_i for the parameters in `reference` (names, shapes).
+
+    `aggregated_round` is the server's record of this phone's last aggregated round (`scaffold_ci_round`
+    in the config); the slot produced in that round is the c_i the server's c accounts for. None means
+    the server has never aggregated this phone: it starts from zero, which is not a reset. With
+    `tracked=False` (a config without that key, e.g. a bare simulation) the newest slot is used and only
+    an unreadable file counts as a reset."""
+    zeros = {p: torch.zeros_like(t, dtype=torch.float32) for p, t in reference.items()}
+    if tracked and aggregated_round is None:
+        return ClientControl(zeros, None, reset=False)
+    path = control_file(state_dir)
+    if not path.exists():
+        return ClientControl(zeros, None, reset=tracked)
+    slots = _read_slots(path, reference)
+    if slots is None:
+        return ClientControl(zeros, None, reset=True)
+    if not tracked:
+        newest = max(slots, key=lambda r: -1 if r is None else r)
+        return ClientControl(slots[newest], newest, reset=False)
+    if aggregated_round in slots:
+        return ClientControl(slots[aggregated_round], aggregated_round, reset=False)
+    return ClientControl(zeros, None, reset=True)
+
+
+def save_client_control(
+    state_dir: str | os.PathLike[str],
+    committed: ClientControl,
+    pending: Weights,
+    pending_round: int | None,
+) -> Path:
+    """Write the c_i the round started from (committed) and the new c_i⁺ (pending) atomically, so a phone
+    that dies mid-write keeps its old file rather than a torn one."""
+    path = control_file(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    if committed.base_round is not None:
+        tensors.update({_COMMITTED + p: t.contiguous() for p, t in committed.c_i.items()})
+    tensors.update({_PENDING + p: t.detach().to(torch.float32).contiguous() for p, t in pending.items()})
+    metadata = {
+        "committed_round": _round_text(committed.base_round),
+        "pending_round": _round_text(pending_round),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_slots(path: Path, reference: Mapping[str, torch.Tensor]) -> dict[int | None, Weights] | None:
+    """{round: c_i} for every well-formed slot in the file; None if the file cannot be used at all."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception:  # any unreadable file (truncated, not safetensors, ...) means a reset
+        return None
+    slots: dict[int | None, Weights] = {}
+    for prefix, meta_key in ((_COMMITTED, "committed_round"), (_PENDING, "pending_round")):
+        slot = {p: tensors.get(prefix + p) for p in reference}
+        if any(t is None for t in slot.values()):
+            continue
+        try:
+            slot_round = _parse_round(metadata.get(meta_key, ""))
+        except ValueError:
+            return None
+        checked = {p: t for p, t in slot.items() if t is not None}
+        if all(_matches(checked[p], reference[p]) for p in reference):
+            slots[slot_round] = {p: t.to(torch.float32) for p, t in checked.items()}
+    return slots or None
+
+
+def _matches(tensor: torch.Tensor, reference: torch.Tensor) -> bool:
+    return (
+        tuple(tensor.shape) == tuple(reference.shape)
+        and tensor.is_floating_point()
+        and bool(torch.isfinite(tensor).all())
+    )
+
+
+def _round_text(round_no: int | None) -> str:
+    return _NO_ROUND if round_no is None else str(int(round_no))
+
+
+def _parse_round(text: str) -> int | None:
+    if text == _NO_ROUND:
+        return None
+    return int(text)
+
+
+def scaffold_local_sgd(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn,
+    lr: float,
+    correction: Mapping[str, torch.Tensor],
+) -> tuple[int, float]:
+    """Plain SGD with the SCAFFOLD correction: y ← y − η_l·(g_i(y) + correction), correction = c − c_i.
+    Momentum or weight decay would change what (x − y)/(K·η_l) estimates, so neither is applied.
+    Returns (steps run, mean loss)."""
+    params = dict(model.named_parameters())
+    model.train()
+    steps, loss_sum = 0, 0.0
+    for inputs, targets in batches:
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        with torch.no_grad():
+            for name, param in params.items():
+                grad = param.grad if param.grad is not None else torch.zeros_like(param)
+                param.sub_(lr * (grad + correction[name]))
+        steps += 1
+        loss_sum += float(loss.detach())
+    return steps, loss_sum / steps if steps else 0.0
+
+
+def scaffold_local_update(
+    model: nn.Module,
+    global_tensors: Mapping[str, torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn,
+    lr: float,
+    c_i: Mapping[str, torch.Tensor],
+) -> ScaffoldLocalResult:
+    """One SCAFFOLD client round on a model: load x, run the corrected SGD, form Δy, c_i⁺ and Δc.
+
+    `global_tensors` holds x under the parameter names and c under `scaffold.c.<param>`. Control variates
+    exist for the model's trainable parameters; any other state_dict entry (e.g. BatchNorm statistics)
+    is uploaded as a plain delta with Δc = 0."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    x = {k: v.to(torch.float32) for k, v in global_tensors.items() if not k.startswith("scaffold.")}
+    model.load_state_dict(x, strict=True)
+    trainable = [name for name, _ in model.named_parameters()]
+    c = {p: global_tensors[c_key(p)].to(torch.float32) for p in trainable}
+    correction = {p: c[p] - c_i[p] for p in trainable}
+    steps, mean_loss = scaffold_local_sgd(model, batches, loss_fn, lr, correction)
+    y = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
+
+    upload: Weights = {k: y[k] - x[k] for k in x}
+    c_i_new: Weights = {}
+    for p in trainable:
+        # Option II: c_i⁺ = c_i − c + (x − y)/(K·η_l). With no step run, nothing was learnt: keep c_i.
+        c_i_new[p] = c_i[p] - c[p] + (x[p] - y[p]) / (steps * lr) if steps else c_i[p].clone()
+        upload[dc_key(p)] = c_i_new[p] - c_i[p]
+    for p in controlled_params(x):
+        upload.setdefault(dc_key(p), torch.zeros_like(x[p]))
+    return ScaffoldLocalResult(upload=upload, c_i_new=c_i_new, steps=steps, mean_loss=mean_loss)
