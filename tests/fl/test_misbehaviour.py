@@ -15,6 +15,7 @@ from training.fl.misbehaviour import (
     backdoor_success_rate,
     behaviour_from_env,
     label_permutation,
+    load_behaviour,
     parse_behaviour,
     trigger_of,
 )
@@ -142,7 +143,7 @@ def test_behaviour_comes_from_the_phone_environment() -> None:
     plan = behaviour_from_env({BEHAVIOUR_ENV: "label_flip:mapping=shift"})
     assert plan.describe() == [{"name": "label_flip", "mapping": "shift", "fraction": 1.0, "seed": 0}]
     assert behaviour_from_env({}).is_honest
-    assert apply_behaviour(plan) is plan
+    assert load_behaviour(plan) is plan
 
 
 @pytest.mark.parametrize(
@@ -195,3 +196,53 @@ def test_backdoor_success_rate_counts_triggered_non_target_samples_labelled_targ
 def test_every_named_behaviour_parses_with_defaults() -> None:
     for name in BEHAVIOUR_NAMES:
         assert parse_behaviour(name).behaviours[0].name == name
+
+
+def test_client_hook_contract_data_then_update_phase() -> None:
+    """client.py's `_train_misbehaving` calls apply_behaviour twice with these keywords."""
+    import numpy as np
+
+    x, y = _digits_like(20)
+    config = {"model": {"name": "logreg", "num_classes": NUM_CLASSES}, "clients_per_round": 5}
+    rng = np.random.default_rng(0)
+    spec = "label_flip+model_replacement"
+    common = {"config": config, "global_weights": {}, "rng": rng}
+    x2, y2, none = apply_behaviour(spec, x, y, None, phase="data", **common)
+    assert none is None and torch.equal(x2, x) and torch.equal(y2, NUM_CLASSES - 1 - y)
+    _, _, delta = apply_behaviour(spec, x2, y2, _delta(), phase="update", **common)
+    assert delta is not None and torch.allclose(delta["fc.bias"], _delta()["fc.bias"] * 5)
+    with pytest.raises(BehaviourError):
+        apply_behaviour(spec, x, y, None, phase="update", **common)
+    with pytest.raises(BehaviourError):
+        apply_behaviour(spec, x, y, None, phase="train", **common)
+
+
+def _upload(behaviour: str, label: int | None = None) -> dict[str, torch.Tensor]:
+    """What a phone running FedAvg's client with this behaviour uploads (through client.py's hook)."""
+    from training.fl.client import ClientTask, client_train
+    from training.fl.nets import initial_weights
+
+    spec = {"name": "logreg", "input_shape": [1, 8, 8], "num_classes": NUM_CLASSES}
+    config = {"algorithm": "fedavg", "model": spec, "lr": 0.1, "epochs": 1, "batch_size": 10, "seed": 3}
+    x, y = _digits_like(40)
+    if label is not None:
+        y = torch.full_like(y, label)
+    task = ClientTask(config=config, received=initial_weights(spec, seed=0), x=x, y=y, behaviour=behaviour)
+    return client_train(task).delta
+
+
+def test_each_behaviour_changes_what_the_agent_uploads() -> None:
+    honest = _upload("honest")
+    assert float(honest["linear.weight"].abs().sum()) > 0
+    scaled = _upload("model_replacement:gamma=7")
+    assert all(torch.allclose(scaled[k], honest[k] * 7, atol=1e-6) for k in honest)
+    assert all(float(t.abs().sum()) == 0.0 for t in _upload("free_rider").values())
+    flipped = _upload("label_flip")
+    poisoned = _upload("backdoor:target=0,fraction=0.5")
+    noisy = _upload("noise:std=1")
+    for other in (flipped, poisoned, noisy):
+        assert not torch.allclose(other["linear.weight"], honest["linear.weight"], atol=1e-4)
+    # A shard of class-2 samples raises class 2's bias; flipped (y -> 9 - y) it raises class 7's instead.
+    assert int(_upload("honest", label=2)["linear.bias"].argmax()) == 2
+    assert int(_upload("label_flip", label=2)["linear.bias"].argmax()) == 7
+    assert float(noisy["linear.weight"].std()) == pytest.approx(1.0, rel=0.1)

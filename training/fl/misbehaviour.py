@@ -1,7 +1,8 @@
 """Misbehaving clients (ALGORITHMS.md §7), executed by the agent on a (virtual) phone.
 
 The platform is never told which phones misbehave: a phone's behaviour comes from its own environment,
-``FEDFLEET_BEHAVIOUR``, which the virtual lab sets per phone. The agent applies it in two places:
+``FEDFLEET_BEHAVIOUR``, which the virtual lab sets per phone. client.py calls `apply_behaviour(spec, ...,
+phase="data"|"update")` around local training; underneath, a parsed plan does the work in two places:
 
     plan = behaviour_from_env()                        # or parse_behaviour("backdoor:target=0,fraction=0.3")
     x, y = plan.transform_data(x, y, num_classes=C, seed=round_seed)        # before local training
@@ -30,6 +31,7 @@ Behaviours and their parameters (defaults in brackets):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -37,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -381,7 +384,58 @@ class BehaviourPlan:
         return delta
 
 
-def apply_behaviour(spec: str | Mapping[str, Any] | list[Any] | BehaviourPlan | None) -> BehaviourPlan:
-    """The agent's entry point: a spec (or an already-parsed plan) -> the plan whose `transform_data` and
-    `transform_update` the client calls around local training."""
-    return spec if isinstance(spec, BehaviourPlan) else parse_behaviour(spec)
+def load_behaviour(spec: str | Mapping[str, Any] | list[Any] | BehaviourPlan | None) -> BehaviourPlan:
+    """A spec (or an already-parsed plan) -> the plan; parsing is cached for text specs."""
+    if isinstance(spec, BehaviourPlan):
+        return spec
+    if isinstance(spec, str):
+        return _parse_cached(spec)
+    return parse_behaviour(spec)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_cached(spec: str) -> BehaviourPlan:
+    return parse_behaviour(spec)
+
+
+def _num_classes(config: Mapping[str, Any], y: torch.Tensor) -> int:
+    model = config.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("num_classes"), int):
+        return int(model["num_classes"])
+    return int(y.max()) + 1 if len(y) else 1
+
+
+def apply_behaviour(
+    name: str | BehaviourPlan | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    delta: Weights | None,
+    *,
+    phase: str,
+    config: Mapping[str, Any],
+    global_weights: Mapping[str, torch.Tensor],
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, Weights | None]:
+    """The hook training/fl/client.py calls around local training (its `_train_misbehaving` contract):
+    phase "data" before training (returns possibly poisoned x, y), phase "update" after (returns the
+    delta to upload). `name` is the phone's behaviour spec. Round-config keys read: ``model.num_classes``,
+    ``clients_per_round`` and ``server_lr`` (model replacement's default γ). `global_weights` is not
+    needed: every update-side behaviour is expressible on the delta (γ(X − w_t) + w_t − w_t = γ·Δ)."""
+    plan = load_behaviour(name)
+    seed = int(rng.integers(0, 2**62))
+    if phase == "data":
+        x2, y2 = plan.transform_data(x, y, num_classes=_num_classes(config, y), seed=seed)
+        return x2, y2, delta
+    if phase == "update":
+        if delta is None:
+            raise BehaviourError("apply_behaviour: the update phase needs the trained delta")
+        clients = config.get("clients_per_round")
+        server_lr = config.get("server_lr", 1.0)
+        updated = plan.transform_update(
+            delta,
+            seed=seed,
+            clients_per_round=int(clients) if isinstance(clients, int) and clients > 0 else None,
+            server_lr=float(server_lr) if isinstance(server_lr, int | float) and server_lr > 0 else 1.0,
+        )
+        return x, y, updated
+    raise BehaviourError(f"apply_behaviour: unknown phase {phase!r} (data or update)")
