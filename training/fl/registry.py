@@ -1,0 +1,90 @@
+"""Strategies by name, with their parameters and defaults — what the job form and `run_job` offer.
+
+Add a strategy with one `StrategySpec` entry in `STRATEGIES` (import lazily inside the factory so that
+importing the registry stays cheap). A factory gets the validated parameters (defaults filled in) and the
+job's `JobContext` — facts about the job rather than knobs of the algorithm, which some strategies need
+(FedLaAvg divides by the number of clients N and needs the local step size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from training.fl.strategy import Strategy
+
+
+@dataclass(frozen=True)
+class JobContext:
+    num_clients: int  # N: every client (phone) in the job
+    lr: float  # the clients' local step size η
+    total_samples: int | None = None  # n: training samples over all clients, when known
+    clients_per_round: int | None = None
+
+
+StrategyFactory = Callable[[Mapping[str, Any], "JobContext | None"], Strategy]
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    name: str
+    label: str
+    params: Mapping[str, Any]  # parameter -> default (the form's initial values)
+    factory: StrategyFactory
+
+
+def _fedavg(params: Mapping[str, Any], context: JobContext | None) -> Strategy:
+    from training.fl.aggregators import make_aggregator
+    from training.fl.fedavg import FedAvg
+
+    aggregator = make_aggregator(params["aggregator"], params["aggregator_params"])
+    return FedAvg(server_lr=float(params["server_lr"]), aggregator=aggregator)
+
+
+def _fedprox(params: Mapping[str, Any], context: JobContext | None) -> Strategy:
+    from training.fl.aggregators import make_aggregator
+    from training.fl.fedprox import FedProx
+
+    aggregator = make_aggregator(params["aggregator"], params["aggregator_params"])
+    return FedProx(mu=float(params["mu"]), server_lr=float(params["server_lr"]), aggregator=aggregator)
+
+
+_AGGREGATION_DEFAULTS: dict[str, Any] = {"server_lr": 1.0, "aggregator": "mean", "aggregator_params": {}}
+
+STRATEGIES: dict[str, StrategySpec] = {
+    spec.name: spec
+    for spec in (
+        StrategySpec("fedavg", "FedAvg", dict(_AGGREGATION_DEFAULTS), _fedavg),
+        StrategySpec("fedprox", "FedProx", {"mu": 0.01, **_AGGREGATION_DEFAULTS}, _fedprox),
+    )
+}
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+
+
+def strategy_defaults(name: str) -> dict[str, Any]:
+    return dict(_spec(name).params)
+
+
+def make_strategy(
+    name: str, params: Mapping[str, Any] | None = None, context: JobContext | None = None
+) -> Strategy:
+    """Build a strategy by name; unknown names or parameters raise ValueError naming them."""
+    spec = _spec(name)
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(spec.params))
+    if unknown:
+        raise ValueError(
+            f"{name} does not take {', '.join(unknown)} (it takes {', '.join(spec.params) or 'nothing'})"
+        )
+    try:
+        return spec.factory({**spec.params, **given}, context)
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"{name}: bad parameters: {exc}") from None
+
+
+def _spec(name: str) -> StrategySpec:
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(STRATEGY_NAMES)}") from None
