@@ -11,6 +11,10 @@ from django.db import models
 from django.db.models import Q
 
 from devices.addresses import TRANSPORT_TCP, TRANSPORT_USB
+from devices.validators import validate_agent_python, validate_work_dir, validate_worker_queue
+
+DEFAULT_AGENT_PYTHON = "python3"
+DEFAULT_WORK_DIR = "/data/local/tmp/fedfleet/"
 
 
 class Transport(models.TextChoices):
@@ -60,13 +64,15 @@ class Device(models.Model):
     tags = models.ManyToManyField(Tag, blank=True, related_name="devices")
     agent_python = models.CharField(
         max_length=200,
-        default="python3",
+        default=DEFAULT_AGENT_PYTHON,
+        validators=[validate_agent_python],
         help_text="How Python is run on the phone, e.g. python3",
     )
-    work_dir = models.CharField(max_length=200, default="/data/local/tmp/fedfleet/")
+    work_dir = models.CharField(max_length=200, default=DEFAULT_WORK_DIR, validators=[validate_work_dir])
     worker_queue = models.CharField(
         max_length=100,
         blank=True,
+        validators=[validate_worker_queue],
         help_text="Queue of the host the phone is plugged into; blank = shared",
     )
 
