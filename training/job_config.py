@@ -15,7 +15,7 @@ from typing import Any
 
 from training.fl.datasets import dataset_names
 from training.fl.nets import model_names
-from training.fl.registry import STRATEGY_NAMES
+from training.fl.registry import STRATEGY_NAMES, make_strategy, strategy_defaults
 from training.fl.robust import AGGREGATOR_NAMES
 
 PARTITIONS = {
@@ -218,7 +218,23 @@ def parse_job_config(data: Mapping[str, Any]) -> JobConfig:
     return config
 
 
+def strategy_params(config: JobConfig) -> dict[str, Any]:
+    """The algorithm's parameters plus the aggregation rule, for strategies that take one."""
+    params = dict(config.algorithm_params)
+    if "aggregator" in strategy_defaults(config.algorithm):
+        params["aggregator"] = config.aggregator
+        params["aggregator_params"] = dict(config.aggregator_params)
+    return params
+
+
 def _check_consistency(config: JobConfig, errors: dict[str, str]) -> None:
+    try:
+        make_strategy(config.algorithm, strategy_params(config), None)
+    except ValueError as exc:
+        field_name = "aggregator_params" if str(exc).startswith("aggregator") else "algorithm_params"
+        errors[field_name] = str(exc)
+    if config.aggregator != "mean" and "aggregator" not in strategy_defaults(config.algorithm):
+        errors["aggregator"] = f"{config.algorithm} aggregates by its own rule; choose the mean aggregator"
     if config.min_clients > config.clients_per_round:
         errors["min_clients"] = "cannot exceed clients per round"
     if config.partition in {"dirichlet", "shards", "quantity"} and config.partition_param is None:

@@ -102,6 +102,9 @@ class Participant(models.Model):
             models.UniqueConstraint(fields=["job", "client_index"], name="participant_unique_index"),
         ]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} client {self.client_index} (device {self.device_id})"
+
     @property
     def client_id(self) -> str:
         return str(self.device_id)
@@ -238,6 +241,9 @@ class ClientResult(models.Model):
             models.UniqueConstraint(fields=["round", "device"], name="client_result_unique"),
         ]
 
+    def __str__(self) -> str:
+        return f"round {self.round_id} device {self.device_id}: {self.state}"
+
     @property
     def state_badge(self) -> str:
         return CLIENT_BADGES.get(self.state, "secondary")
@@ -278,6 +284,9 @@ class JobLogEntry(models.Model):
     class Meta:
         ordering = ["-at", "-id"]
         indexes = [models.Index(fields=["job", "-at"])]
+
+    def __str__(self) -> str:
+        return self.message
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from training import storage
+from training import leases, storage
 from training.events import send_job_event
 from training.job_config import JobConfig
 from training.models import (
@@ -112,14 +112,12 @@ def resume_job(job: Job, by: AbstractBaseUser) -> None:
 
 
 def cancel_job(job: Job, by: AbstractBaseUser) -> None:
-    from training import engine  # noqa: PLC0415
-
     with transaction.atomic():
         active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
         if not _set_status(job, JobStatus.CANCELLED, allowed_from=active, finished_at=timezone.now()):
             raise JobActionError(f"a {job.status} job cannot be cancelled")
         log(job.pk, f"cancelled by {by.get_username()}", level=LogLevel.WARNING)
-        engine.release_job_leases(job.pk)
+        leases.release_job(job.pk)
 
 
 def complete_job(job: Job) -> None:

@@ -1,0 +1,290 @@
+"""One phone's part of a round, over ADB: push, train, pull, validate. Runs on the `devices` queue.
+
+Everything that crosses from the phone is untrusted: progress lines are parsed as JSON with bounds, the
+update is loaded with safetensors (never unpickled), checked for names, shapes, dtypes, finiteness and
+size, and a bad one is *rejected* with a reason while the round goes on without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shlex
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from devices import adb
+from training import storage
+from training.agent.build import AgentBuild, build_agent_pyz
+from training.events import send_job_event
+from training.fl.wire import InvalidUpdate, load_update_file
+from training.models import IN_FLIGHT_STATES, ClientResult, ClientState, Participant, RoundStatus
+
+log = logging.getLogger(__name__)
+
+EXIT_MARKER = "FEDFLEET_EXIT="
+PROGRESS_DB_INTERVAL_S = 1.0
+PROGRESS_EVENT_INTERVAL_S = 0.25
+# Room for safetensors' JSON header and result.json on top of the raw tensor bytes.
+UPLOAD_SLACK_BYTES = 256 * 1024
+
+
+@lru_cache(maxsize=1)
+def agent_build() -> AgentBuild:
+    return build_agent_pyz(storage.data_dir() / "agent")
+
+
+@dataclass
+class AgentRun:
+    """What the agent printed: the last progress, its own error message, and its exit status."""
+
+    exit_code: int | None = None
+    error: str = ""
+    tail: list[str] = field(default_factory=list)
+    done: dict[str, Any] = field(default_factory=dict)
+
+
+def python_command(agent_python: str) -> str:
+    """The phone's python command, each word quoted (an operator setting, still never trusted raw)."""
+    return " ".join(shlex.quote(word) for word in shlex.split(agent_python))
+
+
+def _set_state(result: ClientResult, state: str, **fields: Any) -> bool:
+    """Move an in-flight result to `state`; False if it is no longer in flight (round closed under us)."""
+    updated = ClientResult.objects.filter(pk=result.pk, state__in=IN_FLIGHT_STATES).update(
+        state=state, **fields
+    )
+    if updated:
+        result.state = state
+        for key, value in fields.items():
+            setattr(result, key, value)
+    return bool(updated)
+
+
+def _finish(result: ClientResult, state: str, reason: str = "", **fields: Any) -> None:
+    with transaction.atomic():
+        if not _set_state(result, state, reason=reason[:300], **fields):
+            return
+        result.refresh_from_db()
+        event = "device.finished" if state == ClientState.REPORTED else "device.failed"
+        send_job_event(result.job_id, event, client=result.snapshot())
+
+
+class ProgressRelay:
+    """Turns the agent's JSON progress lines into throttled DB writes and websocket events."""
+
+    def __init__(self, result: ClientResult) -> None:
+        self.result = result
+        self.last_db = 0.0
+        self.last_event = 0.0
+
+    def __call__(self, line: dict[str, Any]) -> None:
+        epoch = _number(line.get("epoch"))
+        step = _number(line.get("step"))
+        steps = _number(line.get("steps"))
+        loss = _number(line.get("loss"))
+        now = time.monotonic()
+        if now - self.last_db >= PROGRESS_DB_INTERVAL_S:
+            self.last_db = now
+            ClientResult.objects.filter(pk=self.result.pk).update(
+                epoch=epoch,
+                step=int(step) if step is not None else None,
+                steps_total=int(steps) if steps is not None else None,
+                loss=loss,
+            )
+        if now - self.last_event >= PROGRESS_EVENT_INTERVAL_S:
+            self.last_event = now
+            send_job_event(
+                self.result.job_id,
+                "device.progress",
+                round=self.result.round.number,
+                device=self.result.device_id,
+                epoch=epoch,
+                step=step,
+                steps_total=steps,
+                loss=loss,
+            )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def parse_agent_output(lines: Any, on_progress: ProgressRelay | None) -> AgentRun:
+    run = AgentRun()
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith(EXIT_MARKER):
+            try:
+                run.exit_code = int(line[len(EXIT_MARKER) :])
+            except ValueError:
+                run.exit_code = -1
+            continue
+        message: Any = None
+        if line.startswith("{") and len(line) < 64 * 1024:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                message = None
+        if isinstance(message, dict):
+            kind = message.get("event")
+            if kind == "progress" and on_progress is not None:
+                on_progress(message)
+            elif kind == "done":
+                run.done = message
+            elif kind == "error":
+                run.error = str(message.get("message", ""))[:300]
+            continue
+        run.tail = (run.tail + [line[:300]])[-5:]
+    return run
+
+
+def ensure_agent(conn: adb.AdbConnection, remote: str) -> int:
+    """Push agent.pyz unless the phone already has this exact build; return bytes pushed."""
+    build = agent_build()
+    try:
+        current = conn.shell(f"sha256sum {shlex.quote(remote)}", timeout_s=30).split()
+    except adb.CommandFailed:
+        current = []
+    if current and current[0] == build.sha256:
+        return 0
+    return conn.push(build.path, remote)
+
+
+def ensure_shard(conn: adb.AdbConnection, participant: Participant, remote: str) -> int:
+    current = conn.shell(f"sha256sum {shlex.quote(remote)} 2>/dev/null", timeout_s=30).split()
+    if current and current[0] == participant.shard_sha256:
+        return 0
+    local = storage.shard_path(participant.job_id, participant.client_index)
+    return conn.push(local, remote)
+
+
+def expected_upload_bytes(local_dir: Path) -> int:
+    """An upload may not be larger than what was sent plus slack (the model is the same size both ways)."""
+    return 2 * (local_dir / "global.safetensors").stat().st_size + UPLOAD_SLACK_BYTES
+
+
+def run_client(result_id: int) -> None:
+    result = ClientResult.objects.select_related("round", "job", "device").get(pk=result_id)
+    if result.state not in IN_FLIGHT_STATES:
+        return  # done already (a redelivered task)
+    if result.round.status != RoundStatus.TRAINING:
+        _finish(result, ClientState.LATE, "the round closed before this phone started")
+        return
+    try:
+        _run(result)
+    except adb.DeviceUnauthorized as exc:
+        _finish(result, ClientState.FAILED, f"phone rejected the platform key: {exc}")
+    except adb.DeviceTimeout as exc:
+        _finish(result, ClientState.FAILED, f"phone stopped answering: {exc}")
+    except adb.DeviceOffline as exc:
+        _finish(result, ClientState.FAILED, f"phone went offline: {exc}")
+    except adb.TransferFailed as exc:
+        _finish(result, ClientState.FAILED, f"transfer failed: {exc}")
+    except adb.AdbError as exc:
+        _finish(result, ClientState.FAILED, f"adb error: {exc}")
+    finally:
+        from training import tasks  # noqa: PLC0415 - tasks import this module
+
+        tasks.maybe_close_round(result.round_id)
+
+
+def _run(result: ClientResult) -> None:
+    rnd, job, device = result.round, result.job, result.device
+    participant = Participant.objects.get(job=job, device=device)
+    local_dir = storage.client_round_dir(job.pk, rnd.number, rnd.attempt, device.pk)
+    work_dir = device.work_dir
+    remote_round = storage.phone_round_dir(work_dir, job.pk, rnd.number, rnd.attempt)
+    remote_agent = storage.phone_agent_path(work_dir)
+    remaining = max(1.0, (rnd.deadline_at - timezone.now()).total_seconds())
+    target = adb.Target(transport=device.transport, address=device.address)
+
+    with adb.connect(target, timeout_s=10) as conn:
+        t0 = time.monotonic()
+        _set_state(result, ClientState.PUSHING)
+        dirs = " ".join(shlex.quote(d) for d in (remote_round, storage.phone_state_dir(work_dir, job.pk)))
+        conn.run(f"mkdir -p {dirs}", timeout_s=30)
+        pushed = ensure_agent(conn, remote_agent)
+        pushed += ensure_shard(conn, participant, storage.phone_shard_path(work_dir, job.pk))
+        for name in ("global.safetensors", "config.json"):
+            pushed += conn.push(local_dir / name, f"{remote_round}/{name}")
+        push_s = time.monotonic() - t0
+
+        t1 = time.monotonic()
+        if not _set_state(result, ClientState.TRAINING, push_s=push_s, bytes_down=pushed):
+            return
+        send_job_event(job.pk, "device.progress", round=rnd.number, device=device.pk, state="training")
+        command = (
+            f"{python_command(device.agent_python)} {shlex.quote(remote_agent)} train "
+            f"{shlex.quote(remote_round)}; echo {EXIT_MARKER}$?"
+        )
+        run = parse_agent_output(conn.stream_lines(command, timeout_s=remaining), ProgressRelay(result))
+        train_s = time.monotonic() - t1
+        if run.exit_code != 0:
+            why = run.error or (run.tail[-1] if run.tail else "no output")
+            _finish(result, ClientState.FAILED, f"agent exited with {run.exit_code}: {why}", train_s=train_s)
+            return
+
+        t2 = time.monotonic()
+        if not _set_state(result, ClientState.PULLING, train_s=train_s):
+            return
+        limit = expected_upload_bytes(local_dir)
+        for name in ("update.safetensors", "result.json"):
+            remote = f"{remote_round}/{name}"
+            info = conn.stat(remote)
+            if info is None:
+                _finish(result, ClientState.FAILED, f"the agent wrote no {name}")
+                return
+            if info.size > limit:
+                _finish(
+                    result, ClientState.REJECTED, f"{name} is {info.size} bytes, over the {limit}-byte limit"
+                )
+                return
+            conn.pull(remote, local_dir / name)
+        pull_s = time.monotonic() - t2
+        conn.shell(f"rm -rf {shlex.quote(remote_round)}", timeout_s=30)
+
+    _accept(result, local_dir, limit, pull_s)
+
+
+def _accept(result: ClientResult, local_dir: Path, limit: int, pull_s: float) -> None:
+    from training.engine import expected_upload_for  # noqa: PLC0415 - engine imports the model stack
+
+    up = sum((local_dir / n).stat().st_size for n in ("update.safetensors", "result.json"))
+    try:
+        report = json.loads((local_dir / "result.json").read_text()[:65536])
+        if not isinstance(report, dict):
+            raise ValueError("result.json is not an object")
+        samples = int(report.get("samples", 0))
+        loss = _number(report.get("loss"))
+        if samples <= 0:
+            raise ValueError(f"result.json reports {samples} samples")
+        load_update_file(local_dir / "update.safetensors", expected_upload_for(result.round), max_bytes=limit)
+    except (InvalidUpdate, ValueError, TypeError, OSError) as exc:
+        _finish(result, ClientState.REJECTED, f"update rejected: {exc}", pull_s=pull_s, bytes_up=up)
+        return
+    metrics = {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    still_open = Q(round__status=RoundStatus.TRAINING)
+    if not ClientResult.objects.filter(still_open, pk=result.pk).exists():
+        _finish(result, ClientState.LATE, "reported after the round closed", pull_s=pull_s, bytes_up=up)
+        return
+    _finish(
+        result,
+        ClientState.REPORTED,
+        pull_s=pull_s,
+        bytes_up=up,
+        num_samples=samples,
+        loss=loss,
+        metrics=metrics,
+        reported_at=timezone.now(),
+    )

@@ -1,0 +1,115 @@
+"""Where a job's files live on the server, and on the phone.
+
+Server, under FEDFLEET_DATA_DIR/jobs/<job>/:
+    shards/client-<i>.safetensors            each phone's data shard (pushed once per job)
+    checkpoints/round-<n>.safetensors        global weights (`w.<name>`) + strategy buffers (`b.<name>`)
+    checkpoints/round-<n>.json               strategy meta (JSON) and the round's metrics
+    rounds/<n>.<attempt>/<device>/           what was pushed (global.safetensors, config.json) and what
+                                             was pulled (update.safetensors, result.json)
+    model-round-<n>.safetensors              the global model alone, for export
+Phone, under the device's work dir (default /data/local/tmp/fedfleet/):
+    agent.pyz, jobs/<job>/shard.safetensors, jobs/<job>/state/ (client state, e.g. SCAFFOLD's c_i),
+    jobs/<job>/round-<n>.<attempt>/ (deleted after the round)
+
+Checkpoints are safetensors (no code execution on load) written to a temp file and renamed, so a worker
+killed mid-write never leaves a half checkpoint that a resumed job would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import torch
+from django.conf import settings
+from safetensors.torch import load_file, save_file
+
+from training.fl.strategy import ServerState
+
+WEIGHT_PREFIX = "w."
+BUFFER_PREFIX = "b."
+
+
+def data_dir() -> Path:
+    return Path(settings.FEDFLEET_DATA_DIR)
+
+
+def job_dir(job_id: int) -> Path:
+    return data_dir() / "jobs" / str(int(job_id))
+
+
+def shard_path(job_id: int, client_index: int) -> Path:
+    return job_dir(job_id) / "shards" / f"client-{int(client_index)}.safetensors"
+
+
+def checkpoint_path(job_id: int, round_no: int) -> Path:
+    return job_dir(job_id) / "checkpoints" / f"round-{int(round_no)}.safetensors"
+
+
+def model_export_path(job_id: int, round_no: int) -> Path:
+    return job_dir(job_id) / f"model-round-{int(round_no)}.safetensors"
+
+
+def client_round_dir(job_id: int, round_no: int, attempt: int, device_id: int) -> Path:
+    return job_dir(job_id) / "rounds" / f"{int(round_no)}.{int(attempt)}" / str(int(device_id))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(job_id: int, round_no: int, state: ServerState, info: dict[str, Any]) -> None:
+    tensors = {WEIGHT_PREFIX + k: v for k, v in state.weights.items()}
+    tensors.update({BUFFER_PREFIX + k: v for k, v in state.buffers.items()})
+    path = checkpoint_path(job_id, round_no)
+    # JSON first: a checkpoint counts only once its tensors exist, and they are renamed into place last.
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps({"meta": state.meta, "info": info}).encode())
+    atomic_save_tensors(path, tensors)
+    atomic_save_tensors(model_export_path(job_id, round_no), dict(state.weights), {"round": str(round_no)})
+
+
+def load_checkpoint(job_id: int, round_no: int) -> ServerState:
+    path = checkpoint_path(job_id, round_no)
+    tensors = load_file(str(path))
+    meta = json.loads(path.with_suffix(".json").read_text())["meta"]
+    weights = {k[len(WEIGHT_PREFIX) :]: v for k, v in tensors.items() if k.startswith(WEIGHT_PREFIX)}
+    buffers = {k[len(BUFFER_PREFIX) :]: v for k, v in tensors.items() if k.startswith(BUFFER_PREFIX)}
+    return ServerState(weights=weights, buffers=buffers, meta=meta)
+
+
+# ---- paths on the phone (POSIX, built from validated pieces; always quoted when put into a command) ----
+
+
+def phone_agent_path(work_dir: str) -> str:
+    return posixpath.join(work_dir, "agent.pyz")
+
+
+def phone_job_dir(work_dir: str, job_id: int) -> str:
+    return posixpath.join(work_dir, "jobs", str(int(job_id)))
+
+
+def phone_shard_path(work_dir: str, job_id: int) -> str:
+    return posixpath.join(phone_job_dir(work_dir, job_id), "shard.safetensors")
+
+
+def phone_state_dir(work_dir: str, job_id: int) -> str:
+    return posixpath.join(phone_job_dir(work_dir, job_id), "state")
+
+
+def phone_round_dir(work_dir: str, job_id: int, round_no: int, attempt: int) -> str:
+    return posixpath.join(phone_job_dir(work_dir, job_id), f"round-{int(round_no)}.{int(attempt)}")

@@ -1,0 +1,58 @@
+"""Celery tasks of the round engine: thin wrappers that take ids and call training/engine.py.
+
+Routing: training.tasks.* go to the `training` queue (config/celery.py), except `run_client`, which does
+ADB I/O and is sent to its phone's queue (the shared `devices` queue, or the phone host's own).
+All are idempotent and acknowledged late, so a redelivered task is harmless.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from config.celery import device_queue
+from training import client_runner, engine
+from training.models import ClientResult, Round
+
+# A phone's training run is bounded by the round deadline (≤ 24 h by validation); the hard limit only
+# catches a wedged worker thread.
+CLIENT_TIME_LIMIT_S = 24 * 3600 + 600
+
+
+@shared_task(name="training.tasks.start_job")
+def start_job(job_id: int) -> None:
+    engine.prepare_job(job_id)
+
+
+@shared_task(name="training.tasks.start_round")
+def start_round(job_id: int) -> None:
+    engine.start_round(job_id)
+
+
+@shared_task(
+    name="training.tasks.run_client",
+    soft_time_limit=CLIENT_TIME_LIMIT_S,
+    time_limit=CLIENT_TIME_LIMIT_S + 60,
+)
+def run_client(result_id: int) -> None:
+    client_runner.run_client(result_id)
+
+
+@shared_task(name="training.tasks.close_round")
+def close_round(round_id: int, at_deadline: bool = False) -> None:
+    engine.close_round(round_id, at_deadline=at_deadline)
+
+
+@shared_task(name="training.tasks.watchdog")
+def watchdog() -> None:
+    engine.watchdog()
+
+
+def dispatch_client(result: ClientResult) -> None:
+    """Send one phone's round work to its host's queue once the current transaction commits."""
+    run_client.apply_async_on_commit((result.pk,), queue=device_queue(result.device.worker_queue))
+
+
+def maybe_close_round(round_id: int) -> None:
+    rnd = Round.objects.get(pk=round_id)
+    if rnd.status == "training" and engine.round_ready_to_close(rnd):
+        close_round.delay(round_id)
