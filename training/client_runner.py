@@ -25,7 +25,7 @@ from devices import adb
 from training import storage
 from training.agent.build import AgentBuild, build_agent_pyz
 from training.events import send_job_event
-from training.fl.wire import InvalidUpdate, load_update_file
+from training.fl.wire import InvalidUpdate, load_update
 from training.models import IN_FLIGHT_STATES, ClientResult, ClientState, Participant, RoundStatus
 
 log = logging.getLogger(__name__)
@@ -269,7 +269,11 @@ def _accept(result: ClientResult, local_dir: Path, limit: int, pull_s: float) ->
         loss = _number(report.get("loss"))
         if samples <= 0:
             raise ValueError(f"result.json reports {samples} samples")
-        load_update_file(local_dir / "update.safetensors", expected_upload_for(result.round), max_bytes=limit)
+        load_update(
+            (local_dir / "update.safetensors").read_bytes(),
+            expected_upload_for(result.round),
+            max_bytes=limit,
+        )
     except (InvalidUpdate, ValueError, TypeError, OSError) as exc:
         _finish(result, ClientState.REJECTED, f"update rejected: {exc}", pull_s=pull_s, bytes_up=up)
         return

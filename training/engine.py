@@ -41,7 +41,7 @@ from training.fl.nets import initial_weights, model_spec_for
 from training.fl.partition import partition_dataset
 from training.fl.registry import JobContext, make_strategy
 from training.fl.strategy import ClientFailure, ClientInfo, ClientUpdate, ServerState, Strategy
-from training.fl.wire import load_tensors_file
+from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors, save_tensors, write_bytes_atomic
 from training.job_config import JobConfig, parse_job_config, strategy_params
 from training.models import (
     IN_FLIGHT_STATES,
@@ -151,7 +151,7 @@ def prepare_job(job_id: int) -> None:
     for index, (device, indices) in enumerate(zip(pool, parts, strict=True)):
         shard = splits.train.subset(indices)
         path = storage.shard_path(job.pk, index)
-        storage.atomic_save_tensors(path, {"x": shard.x, "y": shard.y})
+        save_tensors(path, {"x": shard.x, "y": shard.y})
         counts = np.bincount(shard.labels, minlength=splits.num_classes).tolist()
         rows.append(
             Participant(
@@ -333,8 +333,8 @@ def write_payload(
         "total_samples": _total_samples(job),
     }
     directory = storage.client_round_dir(job.pk, rnd.number, rnd.attempt, device.pk)
-    storage.atomic_save_tensors(directory / "global.safetensors", tensors)
-    storage.atomic_write_bytes(directory / "config.json", json.dumps(agent_config, sort_keys=True).encode())
+    save_tensors(directory / "global.safetensors", tensors)
+    write_bytes_atomic(directory / "config.json", json.dumps(agent_config, sort_keys=True).encode())
     return sum(p.stat().st_size for p in directory.iterdir())
 
 
@@ -440,7 +440,7 @@ def _aggregate(rnd: Round) -> None:
             ClientUpdate(
                 client_id=str(result.device_id),
                 num_samples=int(result.num_samples or 0),
-                tensors=load_tensors_file(path),
+                tensors=load_tensors(path, max_bytes=DEFAULT_MAX_UPDATE_BYTES),
                 metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
             )
         )

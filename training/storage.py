@@ -18,16 +18,15 @@ killed mid-write never leaves a half checkpoint that a resumed job would trust.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from pathlib import Path
 from typing import Any
 
-import torch
 from django.conf import settings
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from training.fl.strategy import ServerState
+from training.fl.wire import save_tensors, write_bytes_atomic
 
 WEIGHT_PREFIX = "w."
 BUFFER_PREFIX = "b."
@@ -57,30 +56,14 @@ def client_round_dir(job_id: int, round_no: int, attempt: int, device_id: int) -
     return job_dir(job_id) / "rounds" / f"{int(round_no)}.{int(attempt)}" / str(int(device_id))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_save_tensors(
-    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(job_id: int, round_no: int, state: ServerState, info: dict[str, Any]) -> None:
     tensors = {WEIGHT_PREFIX + k: v for k, v in state.weights.items()}
     tensors.update({BUFFER_PREFIX + k: v for k, v in state.buffers.items()})
     path = checkpoint_path(job_id, round_no)
     # JSON first: a checkpoint counts only once its tensors exist, and they are renamed into place last.
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps({"meta": state.meta, "info": info}).encode())
-    atomic_save_tensors(path, tensors)
-    atomic_save_tensors(model_export_path(job_id, round_no), dict(state.weights), {"round": str(round_no)})
+    write_bytes_atomic(path.with_suffix(".json"), json.dumps({"meta": state.meta, "info": info}).encode())
+    save_tensors(path, tensors)
+    save_tensors(model_export_path(job_id, round_no), state.weights, {"round": str(round_no)})
 
 
 def load_checkpoint(job_id: int, round_no: int) -> ServerState:

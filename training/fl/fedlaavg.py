@@ -33,10 +33,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 
+from training.fl.client import (
+    ClientTask,
+    LocalTrainingConfig,
+    LocalTrainingResult,
+    global_weights_for,
+    model_for,
+    steps_per_epoch,
+    train_locally,
+)
 from training.fl.strategy import (
     ClientFailure,
     ClientInfo,
@@ -209,3 +219,59 @@ class FedLaAvg(Strategy):
 
 def _global_norm(tensors: Iterable[torch.Tensor]) -> float:
     return float(sum(float((t.double() ** 2).sum()) for t in tensors) ** 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client side: runs on the phone (inside agent.pyz) through client.CLIENT_ALGORITHMS["fedlaavg"].
+# ---------------------------------------------------------------------------------------------------
+
+
+def step_budget_config(config: Mapping[str, Any], num_samples: int) -> LocalTrainingConfig:
+    """The round's settings as plain SGD (no proximal term). `local_steps` (if given) is a fixed budget
+    of SGD steps — FedLaAvg's C, or SCAFFOLD's K — over as many (reshuffled) epochs as it takes;
+    without it the job's `epochs` decide the number of steps."""
+    base = replace(LocalTrainingConfig.from_mapping(config), mu=0.0)
+    local_steps = config.get("local_steps")
+    if local_steps is None:
+        return base
+    if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+        raise ValueError(f"config local_steps must be a positive integer, got {local_steps!r}")
+    epochs = -(-local_steps // steps_per_epoch(num_samples, base.batch_size))
+    return replace(base, epochs=epochs, max_steps=local_steps)
+
+
+def budget_met(result: LocalTrainingResult, config: LocalTrainingConfig) -> LocalTrainingResult:
+    """A fixed step budget that was met is a completed round, not a straggler's partial work."""
+    if result.stop_reason == "max_steps" and config.max_steps == result.steps:
+        return replace(result, stop_reason="completed")
+    return result
+
+
+def fedlaavg_client_train(task: ClientTask) -> LocalTrainingResult:
+    """C local SGD steps (config `local_steps`, batch `batch_size`, step γ = `lr`) from x_r on the loss
+    scaled by N·n_i/n (config `num_clients` = N, `total_samples` = n; n_i is this phone's shard size).
+    Uploads the delta y_i − x_r; the server turns it into G_i."""
+    if task.config.get("local_steps") is None:
+        raise ValueError("FedLaAvg needs config local_steps (C, the local SGD steps per round)")
+    num_clients = task.config.get("num_clients")
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"config num_clients must be a positive integer, got {num_clients!r}")
+    total_samples = task.config.get("total_samples")
+    if total_samples is not None and (
+        isinstance(total_samples, bool) or not isinstance(total_samples, int) or total_samples < 1
+    ):
+        raise ValueError(f"config total_samples must be a positive integer or null, got {total_samples!r}")
+    model = model_for(task)
+    weights = global_weights_for(model, task.received)
+    config = step_budget_config(task.config, len(task.y))
+    result = train_locally(
+        model,
+        task.x,
+        task.y,
+        config,
+        weights,
+        progress=task.progress,
+        loss_scale=loss_scale(num_clients, len(task.y), total_samples),
+        clock=task.clock,
+    )
+    return budget_met(result, config)

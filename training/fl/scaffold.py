@@ -34,16 +34,23 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
+from training.fl.client import (
+    ClientTask,
+    LocalTrainingResult,
+    global_weights_for,
+    model_for,
+    train_locally,
+)
+from training.fl.fedlaavg import budget_met, step_budget_config
 from training.fl.strategy import (
     ClientFailure,
     ClientInstructions,
@@ -63,8 +70,6 @@ CI_FILE_NAME = "scaffold_ci.safetensors"
 _COMMITTED = "committed."
 _PENDING = "pending."
 _NO_ROUND = "none"
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def c_key(param: str) -> str:
@@ -188,8 +193,18 @@ def _global_norm(tensors: Iterable[torch.Tensor]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Client side: runs on the phone (inside agent.pyz). Plain torch + safetensors, no server imports.
+# Client side: runs on the phone (inside agent.pyz) through client.CLIENT_ALGORITHMS["scaffold"].
 # ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaffoldTrainingResult(LocalTrainingResult):
+    """A local-training result that also says whether this phone's c_i had to be reset to zero."""
+
+    ci_reset: bool = False
+
+    def metrics(self) -> dict[str, float]:
+        return {**super().metrics(), CI_RESET_METRIC: 1.0 if self.ci_reset else 0.0}
 
 
 @dataclass(frozen=True)
@@ -199,14 +214,6 @@ class ClientControl:
     c_i: Weights
     base_round: int | None  # the round that produced this c_i (None = the initial zero)
     reset: bool
-
-
-@dataclass(frozen=True)
-class ScaffoldLocalResult:
-    upload: Weights  # Δy under parameter names, Δc under scaffold.dc.<param>
-    c_i_new: Weights
-    steps: int  # K, the local steps actually run
-    mean_loss: float
 
 
 def control_file(state_dir: str | os.PathLike[str]) -> Path:
@@ -309,61 +316,79 @@ def _parse_round(text: str) -> int | None:
     return int(text)
 
 
-def scaffold_local_sgd(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    loss_fn: LossFn,
-    lr: float,
-    correction: Mapping[str, torch.Tensor],
-) -> tuple[int, float]:
-    """Plain SGD with the SCAFFOLD correction: y ← y − η_l·(g_i(y) + correction), correction = c − c_i.
-    Momentum or weight decay would change what (x − y)/(K·η_l) estimates, so neither is applied.
-    Returns (steps run, mean loss)."""
-    params = dict(model.named_parameters())
-    model.train()
-    steps, loss_sum = 0, 0.0
-    for inputs, targets in batches:
-        model.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), targets)
-        loss.backward()
-        with torch.no_grad():
-            for name, param in params.items():
-                grad = param.grad if param.grad is not None else torch.zeros_like(param)
-                param.sub_(lr * (grad + correction[name]))
-        steps += 1
-        loss_sum += float(loss.detach())
-    return steps, loss_sum / steps if steps else 0.0
-
-
-def scaffold_local_update(
-    model: nn.Module,
-    global_tensors: Mapping[str, torch.Tensor],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    loss_fn: LossFn,
-    lr: float,
+def option_ii_control(
     c_i: Mapping[str, torch.Tensor],
-) -> ScaffoldLocalResult:
-    """One SCAFFOLD client round on a model: load x, run the corrected SGD, form Δy, c_i⁺ and Δc.
+    c: Mapping[str, torch.Tensor],
+    delta: Mapping[str, torch.Tensor],
+    steps: int,
+    lr: float,
+) -> Weights:
+    """c_i⁺ = c_i − c + (x − y)/(K·η_l) = c_i − c − Δy/(K·η_l), for the names in `c_i`. With no step run
+    nothing was learnt, so c_i is kept."""
+    if steps <= 0:
+        return {p: t.clone() for p, t in c_i.items()}
+    return {p: c_i[p] - c[p] - delta[p] / (steps * lr) for p in c_i}
 
-    `global_tensors` holds x under the parameter names and c under `scaffold.c.<param>`. Control variates
-    exist for the model's trainable parameters; any other state_dict entry (e.g. BatchNorm statistics)
-    is uploaded as a plain delta with Δc = 0."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    x = {k: v.to(torch.float32) for k, v in global_tensors.items() if not k.startswith("scaffold.")}
-    model.load_state_dict(x, strict=True)
+
+def client_state_dir(task: ClientTask) -> Path:
+    """Where this phone keeps c_i for this job: the config's `client_state_dir` (per job, chosen by the
+    platform), else the agent's own per-client state dir."""
+    configured = task.config.get("client_state_dir")
+    if isinstance(configured, str) and configured:
+        return Path(configured)
+    if task.state_dir is not None:
+        return task.state_dir
+    raise ValueError("SCAFFOLD needs a client state dir (config client_state_dir) to keep c_i between rounds")
+
+
+def scaffold_client_train(task: ClientTask) -> ScaffoldTrainingResult:
+    """One SCAFFOLD round on the phone: read c_i, run K corrected SGD steps from x, write c_i⁺, and
+    upload Δy plus Δc (`scaffold.dc.<param>`).
+
+    Control variates exist for the model's trainable parameters; any other float state_dict entry would
+    travel as a plain delta with Δc = 0 (the lab's models have none)."""
+    model = model_for(task)
+    weights = global_weights_for(model, task.received)
     trainable = [name for name, _ in model.named_parameters()]
-    c = {p: global_tensors[c_key(p)].to(torch.float32) for p in trainable}
-    correction = {p: c[p] - c_i[p] for p in trainable}
-    steps, mean_loss = scaffold_local_sgd(model, batches, loss_fn, lr, correction)
-    y = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
+    missing = [c_key(p) for p in trainable if c_key(p) not in task.received]
+    if missing:
+        raise ValueError(f"SCAFFOLD round without the server control variate: {', '.join(missing)}")
+    c = {p: task.received[c_key(p)].to(torch.float32) for p in trainable}
+    config = step_budget_config(task.config, len(task.y))
 
-    upload: Weights = {k: y[k] - x[k] for k in x}
-    c_i_new: Weights = {}
-    for p in trainable:
-        # Option II: c_i⁺ = c_i − c + (x − y)/(K·η_l). With no step run, nothing was learnt: keep c_i.
-        c_i_new[p] = c_i[p] - c[p] + (x[p] - y[p]) / (steps * lr) if steps else c_i[p].clone()
-        upload[dc_key(p)] = c_i_new[p] - c_i[p]
-    for p in controlled_params(x):
-        upload.setdefault(dc_key(p), torch.zeros_like(x[p]))
-    return ScaffoldLocalResult(upload=upload, c_i_new=c_i_new, steps=steps, mean_loss=mean_loss)
+    state_dir = client_state_dir(task)
+    aggregated_round = _optional_round(task.config, CI_ROUND_CONFIG)
+    control = load_client_control(state_dir, c, aggregated_round, tracked=CI_ROUND_CONFIG in task.config)
+
+    correction = {p: c[p] - control.c_i[p] for p in trainable}
+    result = train_locally(
+        model,
+        task.x,
+        task.y,
+        config,
+        weights,
+        progress=task.progress,
+        gradient_correction=correction,
+        clock=task.clock,
+    )
+    c_i_new = option_ii_control(control.c_i, c, result.delta, result.steps, config.lr)
+    extra = {dc_key(p): c_i_new[p] - control.c_i[p] for p in trainable}
+    for p in controlled_params(weights):
+        extra.setdefault(dc_key(p), torch.zeros_like(weights[p], dtype=torch.float32))
+
+    save_client_control(state_dir, control, c_i_new, _optional_round(task.config, "round"))
+    result = budget_met(result, config)
+    return ScaffoldTrainingResult(**_fields(result), extra=extra, ci_reset=control.reset)
+
+
+def _optional_round(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"config {key} must be an integer or null, got {value!r}")
+    return value
+
+
+def _fields(result: LocalTrainingResult) -> dict[str, Any]:
+    return {f.name: getattr(result, f.name) for f in fields(result) if f.name != "extra"}
