@@ -6,10 +6,12 @@ import random
 import pytest
 import torch
 
+from training.fl.client import ClientTask
 from training.fl.fedlaavg import (
     LAST_FAILED_META,
     LAST_ROUND_META,
     FedLaAvg,
+    fedlaavg_client_train,
     full_mean_gradient,
     g_key,
     gbar_key,
@@ -115,12 +117,58 @@ def test_more_clients_than_num_clients_is_an_error():
 
 
 def test_configure_sends_weights_and_scaling_inputs():
-    strategy = FedLaAvg(num_clients=3, lr=0.01, total_samples=300)
+    strategy = FedLaAvg(num_clients=3, lr=0.01, total_samples=300, local_steps=10)
     state = strategy.initial_state(weights())
-    [plan] = strategy.configure(state, 1, ["a"], {"local_steps": 10, "batch_size": 5, "lr": 9.0})
+    [plan] = strategy.configure(state, 1, ["a"], {"local_steps": 99, "batch_size": 5, "lr": 9.0})
     assert set(plan.tensors) == {"w", "b"}
     assert plan.config["lr"] == 0.01  # the server's γ wins: it is what turns deltas back into gradients
     config = plan.config
     assert (config["num_clients"], config["total_samples"], config["local_steps"]) == (3, 300, 10)
     assert loss_scale(3, 50, 300) == pytest.approx(0.5)
     assert loss_scale(3, 50, None) == 1.0
+
+
+SPEC = {"name": "logreg", "input_shape": [3], "num_classes": 2}
+
+
+def client_task(extra: dict) -> ClientTask:
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, generator=gen), torch.tensor([0, 1, 1, 0])
+    model = {"linear.weight": torch.randn(2, 3, generator=gen), "linear.bias": torch.zeros(2)}
+    config = {"algorithm": "fedlaavg", "model": SPEC, "lr": 0.1, "batch_size": 4, "num_clients": 1, **extra}
+    return ClientTask(config=config, received=model, x=x, y=y)
+
+
+def test_client_runs_exactly_c_steps_and_reports_completed():
+    result = fedlaavg_client_train(client_task({"local_steps": 3, "batch_size": 3}))
+    assert result.steps == 3 and result.completed  # 3 steps over batches of 3, 1 from 4 samples
+
+
+def test_client_loss_is_scaled_by_n_times_share():
+    # One full-batch step: the delta is -γ·s·∇F, so it scales linearly with s = N·n_i/n.
+    plain = fedlaavg_client_train(client_task({"local_steps": 1}))
+    scaled = fedlaavg_client_train(client_task({"local_steps": 1, "num_clients": 4, "total_samples": 8}))
+    for name in plain.delta:
+        assert torch.allclose(scaled.delta[name], 2.0 * plain.delta[name], atol=1e-6)
+        assert plain.delta[name].abs().sum() > 0
+
+
+def test_client_needs_its_step_budget_and_population():
+    with pytest.raises(ValueError, match="local_steps"):
+        fedlaavg_client_train(client_task({}))
+    with pytest.raises(ValueError, match="num_clients"):
+        fedlaavg_client_train(client_task({"local_steps": 1, "num_clients": 0}))
+
+
+def test_server_gradient_is_the_sum_of_client_gradients():
+    # After one full-batch step from x, G = -Δ/γ is the gradient of the (scaled) loss at x.
+    task = client_task({"local_steps": 1})
+    result = fedlaavg_client_train(task)
+    model = torch.nn.Linear(3, 2)
+    model.load_state_dict({k.removeprefix("linear."): v for k, v in task.received.items()})
+    torch.nn.functional.cross_entropy(model(task.x), task.y).backward()
+    strategy = FedLaAvg(num_clients=1, lr=0.1, local_steps=1)
+    state, _ = strategy.aggregate(
+        strategy.initial_state(dict(task.received)), 1, [ClientUpdate("a", 4, result.delta)], []
+    )
+    assert torch.allclose(state.buffers[g_key("a", "linear.weight")], model.weight.grad, atol=1e-5)

@@ -1,14 +1,16 @@
-"""SCAFFOLD option II (ALGORITHMS.md §3): the hand-computed client step, the server's x and c updates,
-and c_i living in the client's state dir across rounds."""
+"""SCAFFOLD option II (ALGORITHMS.md §3): a client round checked against an independent hand-written
+step, the server's x and c updates, and c_i living in the client's state dir across rounds."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from training.fl.client import ClientTask
 from training.fl.scaffold import (
     CI_FILE_NAME,
+    CI_RESET_METRIC,
     CI_ROUND_CONFIG,
     LAST_ROUND_META,
     ClientControl,
@@ -17,64 +19,86 @@ from training.fl.scaffold import (
     dc_key,
     load_client_control,
     save_client_control,
-    scaffold_local_update,
+    scaffold_client_train,
 )
-from training.fl.strategy import ClientFailure, ClientUpdate
+from training.fl.strategy import ClientFailure, ClientUpdate, ServerState
 
-# Two single-sample batches for a 2-in, 1-out linear model with squared error.
-BATCHES = [
-    (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0]])),
-    (torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0]])),
-]
-X = {"weight": torch.tensor([[1.0, -1.0]]), "bias": torch.tensor([0.5])}
-C = {"weight": torch.tensor([[0.2, 0.0]]), "bias": torch.tensor([0.1])}
-C_I = {"weight": torch.tensor([[0.0, 0.4]]), "bias": torch.tensor([-0.1])}
-LR = 0.1
-
-
-def linear() -> nn.Linear:
-    torch.manual_seed(0)
-    return nn.Linear(2, 1)
+SPEC = {"name": "logreg", "input_shape": [2], "num_classes": 2}
+W, B = "linear.weight", "linear.bias"
+X0 = {W: torch.tensor([[1.0, -1.0], [0.5, 0.0]]), B: torch.tensor([0.5, -0.5])}
+C = {W: torch.tensor([[0.2, 0.0], [0.0, -0.1]]), B: torch.tensor([0.1, 0.0])}
+C_I = {W: torch.tensor([[0.0, 0.4], [0.3, 0.0]]), B: torch.tensor([-0.1, 0.2])}
+FEATURES = torch.tensor([[1.0, 2.0], [0.0, 1.0]])
+LABELS = torch.tensor([0, 1])
+LR, STEPS = 0.1, 2
+ROUND_CONFIG = {"algorithm": "scaffold", "model": SPEC, "lr": LR, "batch_size": 2, "local_steps": STEPS}
 
 
-def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return ((pred - target) ** 2).mean()
+def hand_steps(x: dict[str, torch.Tensor], correction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Full-batch softmax regression steps w ← w − lr·(∇CE(w) + correction), written out in numpy."""
+    w, b = x[W].double().numpy().copy(), x[B].double().numpy().copy()
+    feats, onehot = FEATURES.double().numpy(), np.eye(2)[LABELS.numpy()]
+    for _ in range(STEPS):
+        logits = feats @ w.T + b
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        err = (probs - onehot) / len(feats)
+        w = w - LR * (err.T @ feats + correction[W].double().numpy())
+        b = b - LR * (err.sum(0) + correction[B].double().numpy())
+    return {W: w, B: b}
 
 
-def global_tensors(x=X, c=C) -> dict[str, torch.Tensor]:
+def received(x=X0, c=C) -> dict[str, torch.Tensor]:
     return {**x, **{c_key(p): t for p, t in c.items()}}
 
 
-def test_client_step_matches_hand_computation():
-    result = scaffold_local_update(linear(), global_tensors(), BATCHES, mse, LR, C_I)
-    # Step 1: pred -0.5, g = ([-1, -2], -1); corrected by c - c_i = ([0.2, -0.4], 0.2)
-    #         -> w = [1.08, -0.76], b = 0.58.
-    # Step 2: pred -0.18, g = ([0, -2.36], -2.36) -> w = [1.06, -0.484], b = 0.796.
-    assert result.steps == 2
-    assert torch.allclose(result.upload["weight"], torch.tensor([[0.06, 0.516]]), atol=1e-6)
-    assert torch.allclose(result.upload["bias"], torch.tensor([0.296]), atol=1e-6)
-    # c_i+ = c_i - c + (x - y)/(K·lr) = c_i - c - Δy/0.2
-    assert torch.allclose(result.c_i_new["weight"], torch.tensor([[-0.5, -2.18]]), atol=1e-5)
-    assert torch.allclose(result.c_i_new["bias"], torch.tensor([-1.68]), atol=1e-5)
-    assert torch.allclose(result.upload[dc_key("weight")], torch.tensor([[-0.5, -2.58]]), atol=1e-5)
-    assert torch.allclose(result.upload[dc_key("bias")], torch.tensor([-1.58]), atol=1e-5)
+def run_client(config: dict, tensors: dict[str, torch.Tensor], state_dir: Path):
+    task = ClientTask(
+        config={**config, "client_state_dir": str(state_dir)}, received=tensors, x=FEATURES, y=LABELS
+    )
+    return scaffold_client_train(task)
 
 
-def test_one_client_full_participation_reduces_to_the_client_step():
+def seed_ci(state_dir: Path, c_i: dict[str, torch.Tensor], round_no: int) -> None:
+    save_client_control(state_dir, ClientControl({}, None, False), c_i, round_no)
+
+
+def test_client_round_matches_hand_computed_steps(tmp_path: Path):
+    seed_ci(tmp_path, C_I, 3)
+    result = run_client({**ROUND_CONFIG, "round": 4, CI_ROUND_CONFIG: 3}, received(), tmp_path)
+    expected_y = hand_steps(X0, {p: C[p] - C_I[p] for p in X0})
+    assert result.steps == STEPS and result.completed
+    for p in X0:
+        dy = expected_y[p] - X0[p].double().numpy()
+        assert np.allclose(result.delta[p].numpy(), dy, atol=1e-6)
+        c_i_new = C_I[p].double().numpy() - C[p].double().numpy() - dy / (STEPS * LR)  # option II
+        assert np.allclose(result.extra[dc_key(p)].numpy(), c_i_new - C_I[p].double().numpy(), atol=1e-5)
+    assert result.metrics()[CI_RESET_METRIC] == 0.0
+    assert set(result.upload()) == {W, B, dc_key(W), dc_key(B)}
+
+
+def test_one_client_full_participation_reduces_to_the_client_step(tmp_path: Path):
     strategy = Scaffold(num_clients=1)
-    state = strategy.initial_state(X)
+    state = strategy.initial_state(X0)
     state.buffers.update({c_key(p): t.clone() for p, t in C.items()})
-    [plan] = strategy.configure(state, 1, ["solo"], {"lr": LR})
-    result = scaffold_local_update(linear(), plan.tensors, BATCHES, mse, LR, C_I)
-    new, metrics = strategy.aggregate(state, 1, [ClientUpdate("solo", 2, result.upload)], [])
-    # x ← x + Δy = y and c ← c + Δc (|S| = N = 1).
-    assert torch.allclose(new.weights["weight"], torch.tensor([[1.06, -0.484]]), atol=1e-6)
-    assert torch.allclose(new.weights["bias"], torch.tensor([0.796]), atol=1e-6)
-    assert torch.allclose(new.buffers[c_key("weight")], torch.tensor([[-0.3, -2.58]]), atol=1e-5)
-    assert torch.allclose(new.buffers[c_key("bias")], torch.tensor([-1.48]), atol=1e-5)
-    assert new.meta[LAST_ROUND_META] == {"solo": 1}
-    # Twice FedAvg's 3 float32 values each way: x and c down, Δy and Δc up.
-    assert metrics["upload_bytes"] == metrics["download_bytes"] == 2 * 3 * 4
+    state.meta[LAST_ROUND_META] = {"solo": 3}
+    seed_ci(tmp_path, C_I, 3)
+    [plan] = strategy.configure(
+        state, 4, ["solo"], {k: v for k, v in ROUND_CONFIG.items() if k != "algorithm"}
+    )
+    assert plan.config[CI_ROUND_CONFIG] == 3 and plan.config["algorithm"] == "scaffold"
+    result = run_client(plan.config, plan.tensors, tmp_path)
+    new, metrics = strategy.aggregate(
+        state, 4, [ClientUpdate("solo", 2, result.upload(), result.metrics())], []
+    )
+    # N = |S| = 1, η_g = 1: x ← y (the client's trained model) and c ← c + Δc = c_i⁺ + (c − c_i).
+    expected_y = hand_steps(X0, {p: C[p] - C_I[p] for p in X0})
+    for p in X0:
+        assert np.allclose(new.weights[p].numpy(), expected_y[p], atol=1e-6)
+        assert torch.allclose(new.buffers[c_key(p)], C[p] + result.extra[dc_key(p)])
+    assert new.meta[LAST_ROUND_META] == {"solo": 4}
+    # Twice FedAvg's traffic: 6 float32 values of x (+ 6 of c) down, Δy (+ Δc) up.
+    assert metrics["upload_bytes"] == metrics["download_bytes"] == 2 * 6 * 4
 
 
 def test_server_control_variate_update_divides_by_all_clients():
@@ -94,95 +118,93 @@ def test_server_control_variate_update_divides_by_all_clients():
     assert torch.equal(state.buffers[c_key("w")], torch.tensor([0.5, -0.5]))  # old state untouched
 
 
-def test_control_variates_stay_the_mean_of_client_variates():
-    # Starting from c = c_i = 0 with N = 1, c must track c_i exactly round after round.
+def test_ci_persists_on_the_client_and_resets_cleanly_when_deleted(tmp_path: Path):
+    # N = 1 and c = c_i = 0 at the start, so c must equal the phone's stored c_i after every round.
     strategy = Scaffold(num_clients=1)
-    state = strategy.initial_state(X)
-    c_i = {p: torch.zeros_like(t) for p, t in X.items()}
-    for round_no in (1, 2, 3):
-        [plan] = strategy.configure(state, round_no, ["solo"], {})
-        result = scaffold_local_update(linear(), plan.tensors, BATCHES, mse, LR, c_i)
-        state, _ = strategy.aggregate(state, round_no, [ClientUpdate("solo", 2, result.upload)], [])
-        c_i = result.c_i_new
-        for p in X:
-            assert torch.allclose(state.buffers[c_key(p)], c_i[p], atol=1e-5)
+    state = strategy.initial_state(X0)
+    base = {k: v for k, v in ROUND_CONFIG.items() if k != "algorithm"}
+
+    def play(state: ServerState, round_no: int) -> tuple[ServerState, dict[str, float], dict[str, float]]:
+        [plan] = strategy.configure(state, round_no, ["solo"], base)
+        result = run_client(plan.config, plan.tensors, tmp_path)
+        update = ClientUpdate("solo", 2, result.upload(), result.metrics())
+        new, server_metrics = strategy.aggregate(state, round_no, [update], [])
+        return new, result.metrics(), server_metrics
+
+    for round_no in (1, 2):
+        state, client_metrics, server_metrics = play(state, round_no)
+        assert client_metrics[CI_RESET_METRIC] == 0.0 and server_metrics["scaffold_ci_resets"] == 0
+        stored = load_client_control(tmp_path, X0, round_no)
+        assert stored.base_round == round_no and not stored.reset
+        for p in X0:
+            assert torch.allclose(state.buffers[c_key(p)], stored.c_i[p], atol=1e-6)
+        assert not all(torch.equal(t, torch.zeros_like(t)) for t in stored.c_i.values())
+
+    (tmp_path / CI_FILE_NAME).unlink()  # the phone was wiped
+    state, client_metrics, server_metrics = play(state, 3)
+    assert client_metrics[CI_RESET_METRIC] == 1.0
+    assert server_metrics["scaffold_ci_resets"] == 1
+    assert load_client_control(tmp_path, X0, 3).base_round == 3  # a fresh file from round 3 on
+
+
+def test_lost_upload_falls_back_to_the_aggregated_ci(tmp_path: Path):
+    seed_ci(tmp_path, C_I, 1)
+    run_client({**ROUND_CONFIG, "round": 2, CI_ROUND_CONFIG: 1}, received(), tmp_path)
+    # Round 2's upload never reached the server: it still says 1, so the phone uses the round-1 c_i.
+    fallback = load_client_control(tmp_path, X0, 1)
+    assert fallback.base_round == 1 and not fallback.reset
+    assert torch.equal(fallback.c_i[W], C_I[W])
+    assert load_client_control(tmp_path, X0, 2).base_round == 2
+
+
+def test_ci_file_problems_mean_reset(tmp_path: Path):
+    seed_ci(tmp_path, C_I, 2)
+    assert load_client_control(tmp_path, X0, 2).reset is False
+    (tmp_path / CI_FILE_NAME).write_bytes(b"\x00garbage, not safetensors")
+    corrupt = load_client_control(tmp_path, X0, 2)
+    assert corrupt.reset is True and torch.equal(corrupt.c_i[W], torch.zeros(2, 2))
+    seed_ci(tmp_path, {W: torch.zeros(3, 3), B: torch.zeros(2)}, 2)
+    assert load_client_control(tmp_path, X0, 2).reset is True  # another model's c_i
+    seed_ci(tmp_path, {W: torch.full((2, 2), float("nan")), B: torch.zeros(2)}, 2)
+    assert load_client_control(tmp_path, X0, 2).reset is True  # non-finite
+    seed_ci(tmp_path, C_I, 7)
+    assert load_client_control(tmp_path, X0, 2).reset is True  # neither slot is the aggregated round
+    # A phone the server never aggregated starts from zero without a reset, whatever is on disk.
+    fresh = load_client_control(tmp_path, X0, None)
+    assert fresh.reset is False and torch.equal(fresh.c_i[B], torch.zeros(2))
+
+
+def test_untracked_config_uses_the_newest_slot(tmp_path: Path):
+    assert load_client_control(tmp_path, X0, None, tracked=False).reset is False  # fresh phone
+    save_client_control(tmp_path, ClientControl(C, 1, False), C_I, 2)
+    newest = load_client_control(tmp_path, X0, None, tracked=False)
+    assert newest.base_round == 2 and torch.equal(newest.c_i[B], C_I[B])
 
 
 def test_expected_upload_and_configure_payload():
     strategy = Scaffold(num_clients=3)
-    state = strategy.initial_state(X)
+    state = strategy.initial_state(X0)
     state.meta[LAST_ROUND_META] = {"a": 2}
     assert strategy.expected_upload(state.weights) == {
-        "weight": ((1, 2), torch.float32),
-        "bias": ((1,), torch.float32),
-        dc_key("weight"): ((1, 2), torch.float32),
-        dc_key("bias"): ((1,), torch.float32),
+        W: ((2, 2), torch.float32),
+        B: ((2,), torch.float32),
+        dc_key(W): ((2, 2), torch.float32),
+        dc_key(B): ((2,), torch.float32),
     }
     base = {"lr": 0.1, "client_state_dir": "/w/{client_id}/job-1"}
     plans = strategy.configure(state, 5, ["a", "b/c"], base)
-    assert set(plans[0].tensors) == {"weight", "bias", c_key("weight"), c_key("bias")}
+    assert set(plans[0].tensors) == {W, B, c_key(W), c_key(B)}
     assert [p.config[CI_ROUND_CONFIG] for p in plans] == [2, None]
     assert [p.config["client_state_dir"] for p in plans] == ["/w/a/job-1", "/w/b_c/job-1"]
 
 
-def test_ci_persists_across_rounds_and_survives_a_lost_upload(tmp_path: Path):
-    ref = {p: t for p, t in X.items()}
-    first = load_client_control(tmp_path, ref, None)
-    assert first.reset is False and all(torch.equal(t, torch.zeros_like(t)) for t in first.c_i.values())
-    round1 = scaffold_local_update(linear(), global_tensors(), BATCHES, mse, LR, first.c_i)
-    save_client_control(tmp_path, first, round1.c_i_new, 1)
-
-    # Round 1 was aggregated: the phone continues from its c_i+.
-    second = load_client_control(tmp_path, ref, 1)
-    assert second.reset is False and second.base_round == 1
-    for p in X:
-        assert torch.equal(second.c_i[p], round1.c_i_new[p])
-
-    # Round 4's upload is lost (server still says 1): the phone falls back to the round-1 c_i.
-    round4 = scaffold_local_update(linear(), global_tensors(), BATCHES, mse, LR, second.c_i)
-    save_client_control(tmp_path, second, round4.c_i_new, 4)
-    assert load_client_control(tmp_path, ref, 4).base_round == 4
-    fallback = load_client_control(tmp_path, ref, 1)
-    assert fallback.reset is False and fallback.base_round == 1
-    assert torch.equal(fallback.c_i["weight"], round1.c_i_new["weight"])
-
-
-def test_ci_resets_when_deleted_corrupt_or_mismatched(tmp_path: Path):
-    ref = {p: t for p, t in X.items()}
-    save_client_control(tmp_path, ClientControl({}, None, False), C_I, 2)
-    assert load_client_control(tmp_path, ref, 2).reset is False
-
-    (tmp_path / CI_FILE_NAME).unlink()
-    wiped = load_client_control(tmp_path, ref, 2)
-    assert wiped.reset is True and torch.equal(wiped.c_i["weight"], torch.zeros(1, 2))
-
-    (tmp_path / CI_FILE_NAME).write_bytes(b"\x00garbage, not safetensors")
-    assert load_client_control(tmp_path, ref, 2).reset is True
-
-    save_client_control(tmp_path, ClientControl({}, None, False), {"weight": torch.zeros(3, 3)}, 2)
-    assert load_client_control(tmp_path, ref, 2).reset is True  # another model's c_i
-
-    save_client_control(tmp_path, ClientControl({}, None, False), C_I, 7)
-    assert load_client_control(tmp_path, ref, 2).reset is True  # neither slot is the aggregated round
-
-
-def test_untracked_mode_uses_the_newest_slot(tmp_path: Path):
-    ref = {p: t for p, t in X.items()}
-    assert load_client_control(tmp_path, ref, None, tracked=False).reset is False  # fresh phone
-    save_client_control(tmp_path, ClientControl(C, 1, False), C_I, 2)
-    newest = load_client_control(tmp_path, ref, None, tracked=False)
-    assert newest.base_round == 2 and torch.equal(newest.c_i["bias"], C_I["bias"])
-
-
-def test_no_local_steps_leaves_everything_unchanged():
-    result = scaffold_local_update(linear(), global_tensors(), [], mse, LR, C_I)
-    assert result.steps == 0
-    assert all(torch.equal(t, torch.zeros_like(t)) for t in result.upload.values())
-    assert torch.equal(result.c_i_new["weight"], C_I["weight"])
-
-
-def test_invalid_parameters_are_rejected():
+def test_client_refuses_a_round_without_state_dir_or_control_variate():
+    task = ClientTask(config=ROUND_CONFIG, received=received(), x=FEATURES, y=LABELS)
+    with pytest.raises(ValueError, match="state dir"):
+        scaffold_client_train(task)
+    with pytest.raises(ValueError, match="control variate"):
+        scaffold_client_train(
+            ClientTask(config=ROUND_CONFIG, received=X0, x=FEATURES, y=LABELS, state_dir=Path("/x"))
+        )
     with pytest.raises(ValueError):
         Scaffold(num_clients=0)
-    with pytest.raises(ValueError):
-        scaffold_local_update(linear(), global_tensors(), BATCHES, mse, 0.0, C_I)

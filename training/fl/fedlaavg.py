@@ -101,11 +101,16 @@ class FedLaAvg(Strategy):
 
     `num_clients` is N, every phone in the job (the mean divides by it, seen or not); `lr` is γ, the
     local SGD step size, sent to the clients and used to turn their deltas back into gradient sums;
-    `total_samples` is n, the job's total training samples, for the N·n_i/n loss scaling."""
+    `total_samples` is n, the job's total training samples, for the N·n_i/n loss scaling; `local_steps`
+    is C, the SGD steps each selected client runs (the paper's default is 10)."""
 
     name = "fedlaavg"
 
-    def __init__(self, num_clients: int, lr: float, total_samples: int | None = None) -> None:
+    def __init__(
+        self, num_clients: int, lr: float, total_samples: int | None = None, local_steps: int = 10
+    ) -> None:
+        if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+            raise ValueError(f"local_steps must be a positive integer, got {local_steps!r}")
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}")
         if not lr > 0:
@@ -115,6 +120,7 @@ class FedLaAvg(Strategy):
         self.num_clients = num_clients
         self.lr = float(lr)
         self.total_samples = total_samples
+        self.local_steps = local_steps
 
     def initial_state(self, weights: Weights) -> ServerState:
         state = super().initial_state(weights)
@@ -155,6 +161,7 @@ class FedLaAvg(Strategy):
             **base_config,
             "algorithm": self.name,
             "lr": self.lr,
+            "local_steps": self.local_steps,
             "num_clients": self.num_clients,
             "total_samples": self.total_samples,
         }
