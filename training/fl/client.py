@@ -329,10 +329,23 @@ def fedprox_client(task: ClientTask) -> LocalTrainingResult:
     return train_locally(model, task.x, task.y, config, weights, progress=task.progress, clock=task.clock)
 
 
+def _client_side(module: str, function: str) -> ClientAlgorithm:
+    """A client side that lives in its strategy's module, imported on first use: those modules build on
+    this one, so importing them here at load time would be circular."""
+
+    def run(task: ClientTask) -> LocalTrainingResult:
+        algorithm: ClientAlgorithm = getattr(importlib.import_module(module), function)
+        return algorithm(task)
+
+    return run
+
+
 # algorithm name (config["algorithm"]) -> client side. Other modules add theirs.
 CLIENT_ALGORITHMS: dict[str, ClientAlgorithm] = {
     "fedavg": fedavg_client,
     "fedprox": fedprox_client,
+    "scaffold": _client_side("training.fl.scaffold", "scaffold_client_train"),
+    "fedlaavg": _client_side("training.fl.fedlaavg", "fedlaavg_client_train"),
 }
 
 
