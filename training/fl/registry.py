@@ -50,6 +50,30 @@ def _fedprox(params: Mapping[str, Any], context: JobContext | None) -> Strategy:
     return FedProx(mu=float(params["mu"]), server_lr=float(params["server_lr"]), aggregator=aggregator)
 
 
+def _context_or_placeholder(context: JobContext | None) -> JobContext:
+    # Without a job (the job form validating parameters) there is no N or η yet; any valid values do.
+    return context if context is not None else JobContext(num_clients=1, lr=1.0)
+
+
+def _scaffold(params: Mapping[str, Any], context: JobContext | None) -> Strategy:
+    from training.fl.scaffold import Scaffold
+
+    job = _context_or_placeholder(context)
+    return Scaffold(num_clients=job.num_clients, server_lr=float(params["server_lr"]))
+
+
+def _fedlaavg(params: Mapping[str, Any], context: JobContext | None) -> Strategy:
+    from training.fl.fedlaavg import FedLaAvg
+
+    job = _context_or_placeholder(context)
+    return FedLaAvg(
+        num_clients=job.num_clients,
+        lr=job.lr,
+        total_samples=job.total_samples,
+        local_steps=params["local_steps"],
+    )
+
+
 _AGGREGATION_DEFAULTS: dict[str, Any] = {"server_lr": 1.0, "aggregator": "mean", "aggregator_params": {}}
 
 STRATEGIES: dict[str, StrategySpec] = {
@@ -57,6 +81,8 @@ STRATEGIES: dict[str, StrategySpec] = {
     for spec in (
         StrategySpec("fedavg", "FedAvg", dict(_AGGREGATION_DEFAULTS), _fedavg),
         StrategySpec("fedprox", "FedProx", {"mu": 0.01, **_AGGREGATION_DEFAULTS}, _fedprox),
+        StrategySpec("scaffold", "SCAFFOLD", {"server_lr": 1.0}, _scaffold),
+        StrategySpec("fedlaavg", "FedLaAvg", {"local_steps": 10}, _fedlaavg),
     )
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
