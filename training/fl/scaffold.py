@@ -26,7 +26,15 @@ whose file is missing, corrupt, from another model, or matches neither round (wi
 agent) starts again from c_i = 0 and reports `scaffold_ci_reset: 1`; the server counts those in its
 metrics so the platform can note them. (The lost c_i remains folded into c — nothing can recover it.)
 
+File format: safetensors, tensors `committed.<param>` and `pending.<param>`, metadata `committed_round`
+and `pending_round` (a round number or "none"); written atomically (temp file + rename).
+
 State keys: buffers `scaffold.c.<param>`; meta `scaffold.last_round` = {client_id: round aggregated}.
+Config keys the client reads: `lr` (η_l), `batch_size`, `epochs` or `local_steps` (a fixed budget K; K
+actually run is what the control update divides by), `seed`, `round`, `scaffold_ci_round` (set by
+`configure`), and `client_state_dir` (the engine's per-job state dir on the phone; `{client_id}` in it is
+expanded by `configure` for simulations that run every client in one process; without it the agent's own
+`ClientTask.state_dir` is used).
 Only floating-point entries of the weights get control variates; integer buffers keep the server's value.
 """
 
