@@ -12,10 +12,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-try:  # numpy sums a 1 MiB payload ~25x faster than the builtin; both give the same value.
-    import numpy as _np
-except ImportError:  # pragma: no cover - numpy is a project requirement
-    _np = None
+import numpy as np
 
 
 class Command(IntEnum):
@@ -61,12 +58,13 @@ class Packet:
     arg0: int
     arg1: int
     payload: bytes = b""
+    check: int = 0  # data_check as received (0 for packets we build)
 
 
 def checksum(data: bytes | bytearray | memoryview) -> int:
     """Byte sum mod 2^32, as version 0x01000000 expects (it is not a CRC)."""
-    if _np is not None and len(data) > 256:
-        return int(_np.frombuffer(data, dtype=_np.uint8).sum(dtype=_np.uint64)) & 0xFFFFFFFF
+    if len(data) > 256:  # numpy sums 1 MiB ~25x faster than the builtin sum(); same value
+        return int(np.frombuffer(data, dtype=np.uint8).sum(dtype=np.uint64)) & 0xFFFFFFFF
     return sum(bytes(data)) & 0xFFFFFFFF
 
 
@@ -104,4 +102,8 @@ async def read_packet(reader: asyncio.StreamReader, *, max_payload: int, verify_
     payload = await reader.readexactly(header.length) if header.length else b""
     if verify_checksum and header.length and checksum(payload) != header.check:
         raise MalformedPacket(f"checksum mismatch on {header.command.name}")
-    return Packet(header.command, header.arg0, header.arg1, payload)
+    return Packet(header.command, header.arg0, header.arg1, payload, header.check)
+
+
+def checksum_ok(packet: Packet) -> bool:
+    return not packet.payload or checksum(packet.payload) == packet.check

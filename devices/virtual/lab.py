@@ -1,0 +1,221 @@
+"""A lab of N virtual phones in one process, on consecutive loopback ports.
+
+`VirtualLab` is the asyncio object; `LabThread` runs one in a background thread for synchronous owners
+(the Django command, tests, the benchmark).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from devices.virtual.auth import KeyStore
+from devices.virtual.phone import VirtualPhone
+from devices.virtual.profile import PhoneProfile, load_profiles
+from devices.virtual.runner import ProgramRunner, SubprocessRunner
+from devices.virtual.zygote import ZygoteRunner
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Google's adb server probes 5555-5585 on start and adopts whatever answers as an emulator.
+ADB_SCAN_PORTS = range(5555, 5586)
+DEFAULT_BASE_PORT = 15555
+
+
+class LabError(RuntimeError):
+    """A lab that cannot start as configured (ports, profiles, keys)."""
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    lab_dir: Path
+    phones: int = 3
+    base_port: int = DEFAULT_BASE_PORT
+    host: str = "127.0.0.1"
+    keys_file: Path | None = None  # the adb_keys every phone trusts
+    accept_new_keys: bool = False
+    profiles_file: Path | None = None
+    profiles: tuple[PhoneProfile, ...] = ()  # given directly (tests); wins over profiles_file
+    seed: int = 0
+    use_zygote: bool = True
+    tick_s: float = 0.2  # how often availability is re-evaluated
+
+
+@dataclass(frozen=True)
+class PhoneEndpoint:
+    serial: str
+    host: str
+    port: int
+    model: str
+    sandbox: Path
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def check_ports(base_port: int, count: int) -> None:
+    ports = range(base_port, base_port + count)
+    if ports.start < 1024 or ports.stop > 65536:
+        raise LabError(f"ports {ports.start}-{ports.stop - 1} are outside 1024-65535")
+    if set(ports) & set(ADB_SCAN_PORTS):
+        raise LabError(
+            f"ports {ports.start}-{ports.stop - 1} overlap 5555-5585, which Google's adb server scans "
+            "and would adopt as emulators; choose another --base-port (default 15555)"
+        )
+
+
+class VirtualLab:
+    def __init__(self, config: LabConfig) -> None:
+        self.config = config
+        self.phones: list[VirtualPhone] = []
+        self.runner: ProgramRunner = SubprocessRunner()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def profiles(self) -> list[PhoneProfile]:
+        if self.config.profiles:
+            return list(self.config.profiles)
+        return load_profiles(self.config.profiles_file, self.config.phones)
+
+    async def start(self) -> list[PhoneEndpoint]:
+        profiles = self.profiles()
+        check_ports(self.config.base_port, len(profiles))
+        lab_dir = Path(self.config.lab_dir).resolve()
+        lab_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.keys_file is not None and not Path(self.config.keys_file).is_file():
+            raise LabError(f"adb_keys file {self.config.keys_file} does not exist")
+        if self.config.use_zygote:
+            zygote = ZygoteRunner()
+            await zygote.start()
+            self.runner = zygote
+        started_at = time.monotonic()
+        for index, profile in enumerate(profiles):
+            self.phones.append(
+                VirtualPhone(
+                    profile,
+                    index=index,
+                    host=self.config.host,
+                    port=self.config.base_port + index,
+                    sandbox_root=lab_dir / profile.serial,
+                    keys=KeyStore(self.config.keys_file, lab_dir / ".accepted_keys" / profile.serial),
+                    accept_new_keys=self.config.accept_new_keys,
+                    seed=self.config.seed,
+                    runner=self.runner,
+                    started_at=started_at,
+                )
+            )
+        try:
+            for phone in self.phones:
+                await phone.start()
+        except OSError as exc:
+            await self.stop()
+            raise LabError(f"cannot listen on {self.config.host}:{exc}") from exc
+        self._ticker = asyncio.create_task(self._tick(), name="lab-availability")
+        return self.endpoints()
+
+    def endpoints(self) -> list[PhoneEndpoint]:
+        return [
+            PhoneEndpoint(p.profile.serial, p.host, p.port, p.profile.model, p.sandbox.root)
+            for p in self.phones
+        ]
+
+    def phone(self, serial: str) -> VirtualPhone:
+        for phone in self.phones:
+            if phone.profile.serial == serial:
+                return phone
+        raise KeyError(serial)
+
+    async def _tick(self) -> None:
+        while True:
+            for phone in self.phones:
+                try:
+                    await phone.apply_availability()
+                except OSError as exc:  # the port was taken while the phone was away
+                    log.warning("%s cannot come back online: %s", phone.profile.serial, exc)
+            await asyncio.sleep(self.config.tick_s)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for phone in self.phones:
+            phone.forced_online = False
+            await phone.stop()
+        # give aborted connections a moment to finish their tear-down (agents killed, files closed)
+        for _ in range(100):
+            if not any(phone.connection_count for phone in self.phones):
+                break
+            await asyncio.sleep(0.01)
+        if isinstance(self.runner, ZygoteRunner):
+            await self.runner.stop()
+
+
+class LabThread:
+    """A VirtualLab on its own event loop in a daemon thread."""
+
+    def __init__(self, config: LabConfig) -> None:
+        self.lab = VirtualLab(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self.endpoints: list[PhoneEndpoint] = []
+
+    def start(self, timeout_s: float = 60.0) -> list[PhoneEndpoint]:
+        self._thread = threading.Thread(target=self._main, name="virtual-lab", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout_s):
+            raise LabError(f"the lab did not start within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        return self.endpoints
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            self.endpoints = await self.lab.start()
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await self.lab.stop()
+
+    def call(self, action: Callable[[VirtualLab], Awaitable[T]], timeout_s: float = 30.0) -> T:
+        """Run a coroutine against the lab on its loop, from any thread."""
+        assert self._loop is not None
+
+        async def run() -> T:
+            return await action(self.lab)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> LabThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
