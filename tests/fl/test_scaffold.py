@@ -261,3 +261,12 @@ def test_scaffold_on_a_non_iid_problem_trains_without_diverging(tmp_path: Path):
     loss_end, accuracy = global_eval(state.weights)
     assert loss_end < 0.5 * loss_start
     assert accuracy > 0.85
+
+
+def test_agent_state_dir_takes_precedence_over_the_raw_config(tmp_path: Path):
+    agent_dir, raw_dir = tmp_path / "agent", tmp_path / "raw"
+    config = {**ROUND_CONFIG, "round": 1, CI_ROUND_CONFIG: None, "client_state_dir": str(raw_dir)}
+    scaffold_client_train(
+        ClientTask(config=config, received=received(), x=FEATURES, y=LABELS, state_dir=agent_dir)
+    )
+    assert (agent_dir / CI_FILE_NAME).exists() and not raw_dir.exists()

@@ -33,8 +33,8 @@ State keys: buffers `scaffold.c.<param>`; meta `scaffold.last_round` = {client_i
 Config keys the client reads: `lr` (η_l), `batch_size`, `epochs` or `local_steps` (a fixed budget K; K
 actually run is what the control update divides by), `seed`, `round`, `scaffold_ci_round` (set by
 `configure`), and `client_state_dir` (the engine's per-job state dir on the phone; `{client_id}` in it is
-expanded by `configure` for simulations that run every client in one process; without it the agent's own
-`ClientTask.state_dir` is used).
+expanded by `configure` for simulations that run every client in one process). The agent's `ClientTask.state_dir`
+(its config `state_dir`, resolved against the work dir) takes precedence when set.
 Only floating-point entries of the weights get control variates; integer buffers keep the server's value.
 """
 
@@ -339,13 +339,13 @@ def option_ii_control(
 
 
 def client_state_dir(task: ClientTask) -> Path:
-    """Where this phone keeps c_i for this job: the config's `client_state_dir` (per job, chosen by the
-    platform), else the agent's own per-client state dir."""
+    """Where this phone keeps c_i for this job: the task's state dir (the agent resolves config
+    `state_dir` against the phone's work dir), else the config's `client_state_dir` as given."""
+    if task.state_dir is not None:
+        return task.state_dir
     configured = task.config.get("client_state_dir")
     if isinstance(configured, str) and configured:
         return Path(configured)
-    if task.state_dir is not None:
-        return task.state_dir
     raise ValueError("SCAFFOLD needs a client state dir (config client_state_dir) to keep c_i between rounds")
 
 
