@@ -206,3 +206,8 @@ def test_fedlaavg_with_alternating_availability_learns_every_class():
     set_weights(model, state.weights)
     all_x, all_y = torch.cat([x for x, _ in shards]), torch.cat([y for _, y in shards])
     assert evaluate(model, all_x, all_y).accuracy > 0.85
+
+
+def test_a_straggler_cut_below_the_budget_is_partial_work():
+    result = fedlaavg_client_train(client_task({"local_steps": 5, "batch_size": 1, "max_steps": 2}))
+    assert result.steps == 2 and not result.completed

@@ -236,7 +236,8 @@ def _global_norm(tensors: Iterable[torch.Tensor]) -> float:
 def step_budget_config(config: Mapping[str, Any], num_samples: int) -> LocalTrainingConfig:
     """The round's settings as plain SGD (no proximal term). `local_steps` (if given) is a fixed budget
     of SGD steps — FedLaAvg's C, or SCAFFOLD's K — over as many (reshuffled) epochs as it takes;
-    without it the job's `epochs` decide the number of steps."""
+    without it the job's `epochs` decide the number of steps. A `max_steps` below the budget (a
+    straggler's cut) still stops the client early."""
     base = replace(LocalTrainingConfig.from_mapping(config), mu=0.0)
     local_steps = config.get("local_steps")
     if local_steps is None:
@@ -244,12 +245,13 @@ def step_budget_config(config: Mapping[str, Any], num_samples: int) -> LocalTrai
     if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
         raise ValueError(f"config local_steps must be a positive integer, got {local_steps!r}")
     epochs = -(-local_steps // steps_per_epoch(num_samples, base.batch_size))
-    return replace(base, epochs=epochs, max_steps=local_steps)
+    budget = local_steps if base.max_steps is None else min(local_steps, base.max_steps)
+    return replace(base, epochs=epochs, max_steps=budget)
 
 
-def budget_met(result: LocalTrainingResult, config: LocalTrainingConfig) -> LocalTrainingResult:
-    """A fixed step budget that was met is a completed round, not a straggler's partial work."""
-    if result.stop_reason == "max_steps" and config.max_steps == result.steps:
+def budget_met(result: LocalTrainingResult, config: Mapping[str, Any]) -> LocalTrainingResult:
+    """A round that ran its full `local_steps` budget is completed, not a straggler's partial work."""
+    if result.stop_reason == "max_steps" and config.get("local_steps") == result.steps:
         return replace(result, stop_reason="completed")
     return result
 
@@ -281,4 +283,4 @@ def fedlaavg_client_train(task: ClientTask) -> LocalTrainingResult:
         loss_scale=loss_scale(num_clients, len(task.y), total_samples),
         clock=task.clock,
     )
-    return budget_met(result, config)
+    return budget_met(result, task.config)

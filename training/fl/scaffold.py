@@ -385,7 +385,7 @@ def scaffold_client_train(task: ClientTask) -> ScaffoldTrainingResult:
         extra.setdefault(dc_key(p), torch.zeros_like(weights[p], dtype=torch.float32))
 
     save_client_control(state_dir, control, c_i_new, _optional_round(task.config, "round"))
-    result = budget_met(result, config)
+    result = budget_met(result, task.config)
     return ScaffoldTrainingResult(**_fields(result), extra=extra, ci_reset=control.reset)
 
 
