@@ -12,7 +12,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="devices:fleet", permanent=False), name="home"),
     path("accounts/", include("accounts.urls")),
     path("devices/", include("devices.urls")),
-    path("api/", include("devices.api_urls")),
+    path("api/", include("config.api_urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -39,42 +39,42 @@ class TcpAddress:
 
 
 def _refuse_unsafe_characters(text: str) -> None:
-    if any(ch.isspace() for ch in text):
-        raise AddressError("must not contain spaces or line breaks")
     found = sorted({ch for ch in text if ch in SHELL_METACHARACTERS})
     if found:
-        raise AddressError(f"must not contain shell metacharacters ({' '.join(found)})")
+        raise AddressError(f"Must not contain shell metacharacters ({' '.join(found)}).")
+    if any(ch.isspace() for ch in text):
+        raise AddressError("Must not contain spaces or line breaks.")
     if not text.isascii() or not text.isprintable():
-        raise AddressError("must contain only printable ASCII characters")
+        raise AddressError("Must contain only printable ASCII characters.")
 
 
 def _parse_port(text: str) -> int:
     if not text:
-        raise AddressError("is missing the port: write host:port, e.g. 192.168.1.20:5555")
+        raise AddressError("The port is missing: write host:port, e.g. 192.168.1.20:5555.")
     if not _DIGITS.match(text):
-        raise AddressError(f"port {text!r} is not a number")
+        raise AddressError(f"The port {text!r} is not a number.")
     port = int(text)
     if not 1 <= port <= 65535:
-        raise AddressError(f"port {port} is out of range (1-65535)")
+        raise AddressError(f"The port {port} is out of range (1-65535).")
     return port
 
 
 def _normalise_host(text: str) -> str:
     if not text:
-        raise AddressError("is missing the host: write host:port, e.g. 192.168.1.20:5555")
+        raise AddressError("The host is missing: write host:port, e.g. 192.168.1.20:5555.")
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         pass
     host = text.lower().rstrip(".")
     if len(host) > 253:
-        raise AddressError("host name is too long")
+        raise AddressError("The host name is too long.")
     labels = host.split(".")
     if all(_DIGITS.match(label) for label in labels):
-        raise AddressError(f"{text!r} is not a valid IPv4 address")
+        raise AddressError(f"{text!r} is not a valid IPv4 address.")
     for label in labels:
         if not _HOST_LABEL.match(label):
-            raise AddressError(f"{text!r} is not a valid host name")
+            raise AddressError(f"{text!r} is not a valid host name.")
     return host
 
 
@@ -82,29 +82,29 @@ def parse_tcp_address(raw: str) -> TcpAddress:
     """Parse `host:port`, `[ipv6]:port`; raise AddressError with the reason otherwise."""
     text = raw.strip()
     if not text:
-        raise AddressError("is empty")
+        raise AddressError("Enter an address.")
     if len(text) > MAX_ADDRESS_LENGTH:
-        raise AddressError(f"is longer than {MAX_ADDRESS_LENGTH} characters")
+        raise AddressError(f"Must be at most {MAX_ADDRESS_LENGTH} characters.")
     _refuse_unsafe_characters(text)
     if text.startswith("["):
         closing = text.find("]")
         if closing < 0:
-            raise AddressError("has an unclosed '[' (IPv6 is written [addr]:port)")
+            raise AddressError("Unclosed '[': an IPv6 address is written [addr]:port.")
         host_text, rest = text[1:closing], text[closing + 1 :]
         if not rest.startswith(":"):
-            raise AddressError("is missing the port after ']': write [addr]:port")
+            raise AddressError("The port is missing after ']': write [addr]:port.")
         try:
             host = str(ipaddress.IPv6Address(host_text))
         except ValueError:
-            raise AddressError(f"{host_text!r} is not a valid IPv6 address") from None
+            raise AddressError(f"{host_text!r} is not a valid IPv6 address.") from None
         return TcpAddress(host, _parse_port(rest[1:]))
     if "[" in text or "]" in text:
-        raise AddressError("brackets are only used around an IPv6 address: [addr]:port")
+        raise AddressError("Brackets are only used around an IPv6 address: [addr]:port.")
     if text.count(":") > 1:
-        raise AddressError("an IPv6 address must be written in brackets: [addr]:port")
+        raise AddressError("An IPv6 address must be written in brackets: [addr]:port.")
     host_text, sep, port_text = text.rpartition(":")
     if not sep:
-        raise AddressError("is missing the port: write host:port, e.g. 192.168.1.20:5555")
+        raise AddressError("The port is missing: write host:port, e.g. 192.168.1.20:5555.")
     return TcpAddress(_normalise_host(host_text), _parse_port(port_text))
 
 
@@ -112,12 +112,12 @@ def parse_usb_serial(raw: str) -> str:
     """An adb serial as `adb devices` prints it (letters, digits, . _ : -)."""
     text = raw.strip()
     if not text:
-        raise AddressError("is empty")
+        raise AddressError("Enter an address.")
     if len(text) > MAX_SERIAL_LENGTH:
-        raise AddressError(f"is longer than {MAX_SERIAL_LENGTH} characters")
+        raise AddressError(f"A serial is at most {MAX_SERIAL_LENGTH} characters.")
     _refuse_unsafe_characters(text)
     if not _SERIAL.match(text):
-        raise AddressError("may contain only letters, digits and . _ : -")
+        raise AddressError("A serial may contain only letters, digits and . _ : -")
     return text
 
 
@@ -127,4 +127,4 @@ def normalise_address(transport: str, raw: str) -> str:
         return str(parse_tcp_address(raw))
     if transport == TRANSPORT_USB:
         return parse_usb_serial(raw)
-    raise AddressError(f"unknown transport {transport!r} (tcp or usb)")
+    raise AddressError(f"Unknown transport {transport!r} (tcp or usb).")

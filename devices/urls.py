@@ -1,11 +1,16 @@
-from django.http import HttpRequest, HttpResponse
 from django.urls import path
+
+from devices import views
 
 app_name = "devices"
 
-
-def fleet(request: HttpRequest) -> HttpResponse:  # placeholder until the fleet page lands
-    return HttpResponse("FedFleet")
-
-
-urlpatterns = [path("", fleet, name="fleet")]
+urlpatterns = [
+    path("", views.fleet, name="fleet"),
+    path("snapshot.json", views.fleet_snapshot, name="fleet-snapshot"),
+    path("register/", views.register, name="register"),
+    path("test-connection/", views.test_connection, name="test-connection"),
+    path("adb-key/", views.adb_key, name="adb-key"),
+    path("<int:pk>/", views.detail, name="detail"),
+    path("<int:pk>/edit/", views.edit, name="edit"),
+    path("<int:pk>/delete/", views.delete, name="delete"),
+]
