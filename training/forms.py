@@ -1,0 +1,273 @@
+"""The "new job" form: every JobConfig field, grouped, with defaults from job_config.DEFAULTS.
+
+The form does not re-implement the rules. Its fields only turn text into Python values; the whole config is
+then validated by `parse_job_config` (the validator `run_job` and the API use too), and each error it
+reports is placed on the field it names, so the person sees the message next to the input to fix.
+
+Per-choice parameters (a data set's, an algorithm's, an aggregator's) are ordinary fields named
+`<kind>_param__<choice>__<param>`; job_form.js shows only the set that belongs to the current choice, and
+`clean()` collects only that set.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django import forms
+
+from training.fl.datasets import DATASET_LOADERS, dataset_names
+from training.fl.nets import model_names
+from training.fl.registry import STRATEGIES
+from training.fl.robust import AGGREGATORS
+from training.job_config import DEFAULTS, PARTITIONS, JobConfig, JobConfigError, parse_job_config
+
+PARAM_KINDS = ("dataset", "algorithm", "aggregator")
+# Parameters that are set elsewhere in the form (the seed, the aggregator) or are not plain values.
+_HIDDEN_PARAMS = frozenset({"seed", "aggregator", "aggregator_params"})
+PARAM_LABELS = {
+    "mu": "μ (proximal term weight)",
+    "server_lr": "Server learning rate",
+    "alpha": "α",
+    "beta": "β",
+    "iid": "IID variant",
+    "num_devices": "Number of devices",
+    "test_fraction": "Test fraction",
+    "max_norm": "Max update norm",
+    "num_byzantine": "Assumed attackers f",
+    "num_selected": "Updates averaged m",
+}
+DATASET_LABELS = {"digits": "Digits (8×8, scikit-learn)", "synthetic": "Synthetic(α, β) (FedProx)"}
+MODEL_LABELS = {"logreg": "Logistic regression", "mlp": "MLP", "cnn": "Small CNN"}
+# Where an error on a JobConfig field that has no input of its own is shown.
+ERROR_FIELD_FOR = {
+    "dataset_params": "dataset",
+    "algorithm_params": "algorithm",
+    "aggregator_params": "aggregator",
+}
+
+FIELD_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Job", ("name",)),
+    ("Data", ("dataset", "data_seed", "partition", "partition_param")),
+    ("Model and algorithm", ("model", "algorithm", "aggregator")),
+    ("Rounds", ("rounds", "clients_per_round", "min_clients", "over_selection", "round_deadline_s")),
+    ("Local training", ("local_epochs", "batch_size", "lr", "seed")),
+    ("Phones", ("max_phones", "min_battery", "require_charging", "device_tags")),
+)
+
+
+def dataset_param_defaults(name: str) -> dict[str, Any]:
+    """A data set's keyword parameters and defaults, read from its loader's signature."""
+    loader = DATASET_LOADERS[name]
+    return {
+        p.name: p.default
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
+    }
+
+
+def param_choices(kind: str) -> dict[str, dict[str, Any]]:
+    """choice -> {param: default} for one kind, keeping only plain values a form field can hold."""
+    if kind == "dataset":
+        raw = {name: dataset_param_defaults(name) for name in dataset_names()}
+    elif kind == "algorithm":
+        raw = {name: dict(spec.params) for name, spec in STRATEGIES.items()}
+    elif kind == "aggregator":
+        raw = {name: dict(spec.params) for name, spec in AGGREGATORS.items()}
+    else:
+        raise ValueError(f"unknown parameter kind {kind!r}")
+    return {
+        choice: {
+            key: value
+            for key, value in params.items()
+            if key not in _HIDDEN_PARAMS and isinstance(value, bool | int | float | str)
+        }
+        for choice, params in raw.items()
+    }
+
+
+def param_field_name(kind: str, choice: str, param: str) -> str:
+    return f"{kind}_param__{choice}__{param}"
+
+
+def _param_field(param: str, default: Any) -> forms.Field:
+    # Not required: only the current choice's set is shown, and an empty input means "the default".
+    label = PARAM_LABELS.get(param, param.replace("_", " ").capitalize())
+    options: dict[str, Any] = {"label": label, "initial": default, "required": False}
+    if isinstance(default, bool):
+        return forms.BooleanField(**options)
+    help_text = f"default {default}"
+    if isinstance(default, int):
+        return forms.IntegerField(help_text=help_text, **options)
+    if isinstance(default, float):
+        return forms.FloatField(help_text=help_text, **options)
+    return forms.CharField(max_length=100, help_text=help_text, **options)
+
+
+def _choices(
+    names: list[str] | tuple[str, ...], labels: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    return [(n, (labels or {}).get(n, n)) for n in names]
+
+
+@dataclass(frozen=True)
+class ParamSet:
+    """The parameter fields of one choice (e.g. FedProx's), shown while that choice is selected."""
+
+    kind: str
+    choice: str
+    fields: list[forms.BoundField]
+
+
+class JobForm(forms.Form):
+    name = forms.CharField(max_length=120, help_text="Shown in lists and on the compare page.")
+
+    dataset = forms.ChoiceField(
+        choices=_choices(dataset_names(), DATASET_LABELS), help_text="What the phones learn from."
+    )
+    data_seed = forms.IntegerField(help_text="Seeds data generation and the split between phones.")
+    partition = forms.ChoiceField(
+        choices=list(PARTITIONS.items()), help_text="How the training data is split between the phones."
+    )
+    partition_param = forms.FloatField(
+        required=False,
+        label="Partition parameter",
+        help_text="Dirichlet: α (smaller = more skew, e.g. 0.5); shards: k per phone (e.g. 2); "
+        "quantity: σ (e.g. 1.0); leave empty for IID and natural.",
+    )
+
+    model = forms.ChoiceField(
+        choices=_choices(model_names(), MODEL_LABELS), help_text="The network every phone trains."
+    )
+    algorithm = forms.ChoiceField(
+        choices=[(n, s.label) for n, s in STRATEGIES.items()],
+        help_text="The federated optimisation strategy.",
+    )
+    aggregator = forms.ChoiceField(
+        choices=[(n, s.label) for n, s in AGGREGATORS.items()],
+        help_text="How updates are combined; robust choices resist misbehaving phones.",
+    )
+
+    rounds = forms.IntegerField(help_text="Committed rounds to run.")
+    clients_per_round = forms.IntegerField(
+        label="Clients per round", help_text="Reports the server waits for in each round (the goal)."
+    )
+    min_clients = forms.IntegerField(
+        label="Minimum clients",
+        help_text="A round commits with at least this many reports; 0 = 80% of clients per round.",
+    )
+    over_selection = forms.FloatField(
+        label="Over-selection", help_text="Phones picked per round ÷ clients per round (1.3 = 30% spare)."
+    )
+    round_deadline_s = forms.FloatField(
+        label="Round deadline (s)", help_text="Phones that have not reported by then are recorded as late."
+    )
+
+    local_epochs = forms.IntegerField(label="Local epochs", help_text="Passes over its shard per round.")
+    batch_size = forms.IntegerField(label="Batch size")
+    lr = forms.FloatField(label="Learning rate", help_text="The phones' local SGD step size η.")
+    seed = forms.IntegerField(help_text="Seeds the initial model and the selection of phones.")
+
+    max_phones = forms.IntegerField(
+        label="Max phones", help_text="Phones enrolled in the job at launch; 0 = every eligible phone."
+    )
+    min_battery = forms.IntegerField(
+        label="Minimum battery (%)", help_text="Phones below this level take part only while charging."
+    )
+    require_charging = forms.BooleanField(required=False, label="Only phones that are charging")
+    device_tags = forms.CharField(
+        required=False,
+        label="Device tags",
+        help_text="Comma-separated; a phone must carry every tag (letters, digits, '_', '.', '-').",
+    )
+
+    def __init__(self, *args: Any, initial_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = {**DEFAULTS.to_dict(), **(initial_config or {})}
+        self.config: JobConfig | None = None
+        self._param_specs: dict[str, dict[str, dict[str, Any]]] = {}
+        for kind in PARAM_KINDS:
+            specs = param_choices(kind)
+            self._param_specs[kind] = specs
+            chosen = config.get(f"{kind}_params") or {}
+            for choice, params in specs.items():
+                for param, default in params.items():
+                    field = _param_field(param, default)
+                    if choice == config.get(kind) and param in chosen:
+                        field.initial = chosen[param]
+                    self.fields[param_field_name(kind, choice, param)] = field
+        for name in self.base_fields:
+            value = config.get(name)
+            if name == "device_tags":
+                value = ", ".join(value or ())
+            self.fields[name].initial = value
+
+    # --- layout helpers for the template -------------------------------------------------------------
+    def groups(self) -> list[tuple[str, list[forms.BoundField]]]:
+        return [(title, [self[name] for name in names]) for title, names in FIELD_GROUPS]
+
+    def param_sets(self, kind: str) -> list[ParamSet]:
+        return [
+            ParamSet(kind, choice, [self[param_field_name(kind, choice, p)] for p in params])
+            for choice, params in self._param_specs[kind].items()
+            if params
+        ]
+
+    def dataset_param_sets(self) -> list[ParamSet]:
+        return self.param_sets("dataset")
+
+    def algorithm_param_sets(self) -> list[ParamSet]:
+        return self.param_sets("algorithm")
+
+    def aggregator_param_sets(self) -> list[ParamSet]:
+        return self.param_sets("aggregator")
+
+    # --- validation -------------------------------------------------------------------------------
+    def _chosen_params(self, kind: str, choice: str | None) -> dict[str, Any]:
+        params = self._param_specs[kind].get(choice or "", {})
+        values = {}
+        for param in params:
+            value = self.cleaned_data.get(param_field_name(kind, choice or "", param))
+            if value is not None:
+                values[param] = value
+        return values
+
+    def config_data(self) -> dict[str, Any]:
+        """The cleaned values as the JSON-like mapping parse_job_config takes."""
+        data = {name: self.cleaned_data[name] for name in self.base_fields if name in self.cleaned_data}
+        for kind in PARAM_KINDS:
+            data[f"{kind}_params"] = self._chosen_params(kind, self.cleaned_data.get(kind))
+        return data
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        data = self.config_data()
+        failed = set(self.errors)
+        # parse_job_config reports per-field errors before it checks consistency (partition needs its
+        # parameter, ...); a second pass without the failed fields shows both kinds in one submit.
+        for _ in range(2):
+            try:
+                config = parse_job_config({k: v for k, v in data.items() if k not in failed})
+            except JobConfigError as exc:
+                new_failures = self._place_errors(exc.errors, failed)
+                if not new_failures:
+                    break
+                failed |= new_failures
+            else:
+                if not self.errors:
+                    self.config = config
+                break
+        return cleaned
+
+    def _place_errors(self, errors: Mapping[str, str], failed: set[str]) -> set[str]:
+        """Put each message on its field (or the form); return the config keys that newly failed."""
+        placed = set()
+        for key, message in errors.items():
+            target = ERROR_FIELD_FOR.get(key, key)
+            if key in failed or target in failed:
+                continue  # that input already shows why it is wrong
+            self.add_error(target if target in self.fields else None, message)
+            placed.add(key)
+        return placed

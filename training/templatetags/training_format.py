@@ -1,0 +1,18 @@
+"""Number formats the job pages share (the JS formats live values the same way)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def percent(value: Any, digits: int = 1) -> str:
+    """0.9213 → '92.1%'; None or junk → '–' (a job before its first committed round)."""
+    try:
+        return f"{float(value) * 100:.{int(digits)}f}%"
+    except (TypeError, ValueError):
+        return "–"

@@ -1,0 +1,20 @@
+from django.urls import path
+
+from training import views
+
+app_name = "training"
+
+urlpatterns = [
+    path("", views.job_list, name="job-list"),
+    path("new/", views.job_create, name="job-create"),
+    path("eligible.json", views.eligible_phones, name="eligible-phones"),
+    path("compare/", views.job_compare, name="job-compare"),
+    path("<int:pk>/", views.job_detail, name="job-detail"),
+    path("<int:pk>/snapshot.json", views.job_snapshot, name="job-snapshot"),
+    path("<int:pk>/pause/", views.job_action, {"action": "pause"}, name="job-pause"),
+    path("<int:pk>/resume/", views.job_action, {"action": "resume"}, name="job-resume"),
+    path("<int:pk>/cancel/", views.job_action, {"action": "cancel"}, name="job-cancel"),
+    path("<int:pk>/export.csv", views.export_csv, name="job-export-csv"),
+    path("<int:pk>/export.json", views.export_json, name="job-export-json"),
+    path("<int:pk>/model.safetensors", views.download_model, name="job-model"),
+]

@@ -1,0 +1,291 @@
+"""Job pages: list, new-job form, live dashboard (+ its snapshot JSON), exports, compare.
+
+Views stay thin: writes go through training.services, figures come from training.charts. Login is the
+middleware's job (every view here needs it); operator-only actions are marked with `operator_required`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from typing import Any
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts.decorators import json_endpoint, operator_required
+from accounts.roles import is_operator
+from devices.models import Device, DeviceStatus
+from training import charts, services
+from training.forms import JobForm
+from training.job_config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
+from training.models import Job, JobStatus
+
+JOBS_PER_PAGE = 50
+MAX_COMPARED_JOBS = 12
+DEFAULT_TARGET_ACCURACY = 0.9
+# The CSV header when a job has no committed round yet (services.export_rows gives the keys otherwise).
+EXPORT_COLUMNS = (
+    "round",
+    "attempt",
+    "accuracy",
+    "loss",
+    "reported",
+    "select_s",
+    "push_s",
+    "train_s",
+    "pull_s",
+    "aggregate_s",
+    "wall_s",
+    "bytes_down",
+    "bytes_up",
+)
+JOB_ACTIONS = {
+    "pause": services.pause_job,
+    "resume": services.resume_job,
+    "cancel": services.cancel_job,
+}
+
+
+# --- list -----------------------------------------------------------------------------------------------
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    jobs = Job.objects.select_related("owner")
+    if status in JobStatus.values:
+        jobs = jobs.filter(status=status)
+    else:
+        status = ""
+    page = Paginator(jobs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "training/job_list.html",
+        {
+            "page": page,
+            "jobs": page.object_list,
+            "statuses": JobStatus.choices,
+            "selected_status": status,
+            "can_operate": is_operator(request.user),
+        },
+    )
+
+
+# --- new job --------------------------------------------------------------------------------------------
+def eligible_phone_count(config: JobConfig) -> int:
+    """Phones that could join the job now; the same query the engine selects from."""
+    from training.engine import eligible_devices  # noqa: PLC0415 - the engine pulls in torch; only here
+
+    return len(eligible_devices(config))
+
+
+def _clone_source(request: HttpRequest) -> dict[str, Any] | None:
+    """`?from=<job id>` pre-fills the form with that job's configuration ("run again with changes")."""
+    source = request.GET.get("from", "")
+    if not source.isdigit():
+        return None
+    job = Job.objects.filter(pk=int(source)).first()
+    if job is None:
+        return None
+    return {**job.config, "name": f"{job.name} (again)"[:120]}
+
+
+@operator_required
+def job_create(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = JobForm(request.POST)
+        if form.is_valid() and form.config is not None:
+            job = services.create_job(request.user, form.config)
+            messages.success(request, f"Job #{job.pk} “{job.name}” queued.")
+            return redirect("training:job-detail", pk=job.pk)
+    else:
+        form = JobForm(initial_config=_clone_source(request))
+    return render(
+        request,
+        "training/job_form.html",
+        {
+            "form": form,
+            "eligible_phones": eligible_phone_count(form.config or DEFAULTS),
+            "online_phones": Device.objects.filter(status=DeviceStatus.ONLINE).count(),
+        },
+    )
+
+
+@json_endpoint
+@require_GET
+def eligible_phones(request: HttpRequest) -> JsonResponse:
+    """How many phones match the form's eligibility fields right now (the form updates it as you type)."""
+    fields = ("device_tags", "min_battery", "require_charging")
+    data = {name: request.GET[name] for name in fields if name in request.GET}
+    try:
+        config = parse_job_config(data)
+    except JobConfigError as exc:
+        return JsonResponse({"errors": exc.errors}, status=400)
+    return JsonResponse(
+        {
+            "eligible": eligible_phone_count(config),
+            "online": Device.objects.filter(status=DeviceStatus.ONLINE).count(),
+            "constraints": {name: getattr(config, name) for name in fields},
+        }
+    )
+
+
+# --- dashboard ------------------------------------------------------------------------------------------
+@require_GET
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
+    return render(
+        request,
+        "training/job_detail.html",
+        {
+            "job": job,
+            "config": job.config,
+            "can_operate": is_operator(request.user),
+            "has_final_model": services.final_model_path(job) is not None,
+            "snapshot_url": reverse("training:job-snapshot", args=[job.pk]),
+            "websocket_path": f"/ws/jobs/{job.pk}/",
+        },
+    )
+
+
+def snapshot_with_figures(job: Job) -> dict[str, Any]:
+    """services.job_snapshot plus what only the web layer knows: figures and the model download link."""
+    snapshot = services.job_snapshot(job)
+    snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"])
+    has_model = services.final_model_path(job) is not None
+    snapshot["final_model_url"] = reverse("training:job-model", args=[job.pk]) if has_model else None
+    return snapshot
+
+
+@json_endpoint
+@require_GET
+def job_snapshot(request: HttpRequest, pk: int) -> JsonResponse:
+    job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
+    return JsonResponse(snapshot_with_figures(job))
+
+
+@require_POST
+@operator_required
+def job_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    try:
+        JOB_ACTIONS[action](job, request.user)
+    except services.JobActionError as exc:
+        messages.error(request, f"Could not {action} job #{job.pk}: {exc}.")
+    else:
+        messages.success(request, f"Job #{job.pk}: {action} requested.")
+    return redirect("training:job-detail", pk=job.pk)
+
+
+# --- exports --------------------------------------------------------------------------------------------
+def _attachment(response: HttpResponse, filename: str) -> HttpResponse:
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@require_GET
+def export_csv(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    rows = services.export_rows(job)
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    writer = csv.DictWriter(response, fieldnames=list(rows[0]) if rows else list(EXPORT_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    return _attachment(response, f"job-{job.pk}-rounds.csv")
+
+
+@require_GET
+def export_json(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
+    body = {"job": services.job_summary(job), "rounds": services.export_rows(job)}
+    response = HttpResponse(json.dumps(body, indent=2), content_type="application/json")
+    return _attachment(response, f"job-{job.pk}-rounds.json")
+
+
+@require_GET
+def download_model(request: HttpRequest, pk: int) -> FileResponse:
+    job = get_object_or_404(Job, pk=pk)
+    path = services.final_model_path(job)
+    if path is None:
+        raise Http404("This job has no exported model yet.")
+    return FileResponse(
+        path.open("rb"),
+        as_attachment=True,
+        filename=f"job-{job.pk}-round-{job.committed_rounds}.safetensors",
+        content_type="application/octet-stream",
+    )
+
+
+# --- compare --------------------------------------------------------------------------------------------
+def parse_job_ids(values: list[str]) -> list[int]:
+    """`?ids=1,2,3` and `?ids=1&ids=2` both work (the list page's checkboxes send the second form)."""
+    ids: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if part.isdigit() and int(part) not in ids:
+                ids.append(int(part))
+    return ids[:MAX_COMPARED_JOBS]
+
+
+def parse_target(value: str | None) -> tuple[float, str | None]:
+    if value in (None, ""):
+        return DEFAULT_TARGET_ACCURACY, None
+    try:
+        target = float(value)
+    except ValueError:
+        return DEFAULT_TARGET_ACCURACY, f"“{value}” is not a number; using {DEFAULT_TARGET_ACCURACY:g}."
+    if not 0 < target <= 1:
+        return DEFAULT_TARGET_ACCURACY, f"The target must be in (0, 1]; using {DEFAULT_TARGET_ACCURACY:g}."
+    return target, None
+
+
+def job_label(job: Job) -> str:
+    return f"#{job.pk} {job.name} ({job.algorithm})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparedJob:
+    job: Job
+    rounds_to_target: int | None
+    final_accuracy: float | None
+    best_accuracy: float | None
+
+
+@require_GET
+def job_compare(request: HttpRequest) -> HttpResponse:
+    ids = parse_job_ids(request.GET.getlist("ids"))
+    target, target_error = parse_target(request.GET.get("target"))
+    jobs_by_id = {job.pk: job for job in Job.objects.filter(pk__in=ids).select_related("owner")}
+    jobs = [jobs_by_id[i] for i in ids if i in jobs_by_id]
+    series = [(job_label(job), [r.snapshot() for r in job.rounds.all()]) for job in jobs]
+    rows = []
+    for job, (_, rounds) in zip(jobs, series, strict=True):
+        accuracies = [r["accuracy"] for r in charts.committed_rounds(rounds) if r["accuracy"] is not None]
+        rows.append(
+            ComparedJob(
+                job=job,
+                rounds_to_target=charts.rounds_to_target(rounds, target),
+                final_accuracy=charts.final_accuracy(rounds),
+                best_accuracy=max(accuracies, default=None),
+            )
+        )
+    missing = [i for i in ids if i not in jobs_by_id]
+    return render(
+        request,
+        "training/job_compare.html",
+        {
+            "rows": rows,
+            "target": target,
+            "target_error": target_error,
+            "missing_ids": missing,
+            "ids_value": ",".join(str(job.pk) for job in jobs),
+            "selected_ids": [job.pk for job in jobs],
+            "figure": charts.compare_accuracy_figure(series, target=target),
+            "recent_jobs": Job.objects.select_related("owner")[:30],
+        },
+    )
