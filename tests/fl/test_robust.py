@@ -131,3 +131,26 @@ def test_non_float_tensors_pass_through_and_dtypes_are_kept() -> None:
     assert out["w"].dtype == torch.float32
     assert out["w"].tolist() == [2.0, 3.0]
     assert int(out["n"]) == 3
+
+
+@pytest.mark.parametrize("name", [n for n in AGGREGATOR_NAMES if n != "mean"])
+def test_fedavg_runs_with_each_robust_aggregator_from_the_job_registry(name: str) -> None:
+    """The FL core builds FedAvg with `aggregator`/`aggregator_params` job parameters; a ×100 update from
+    one client moves the model far less than under plain averaging."""
+    from training.fl.aggregators import aggregator_names
+    from training.fl.registry import make_strategy
+    from training.fl.strategy import ClientUpdate, ServerState
+
+    assert name in aggregator_names()
+    honest = _honest_round(seed=1)
+    uploads = [{"w": d["w"] * (100 if i == 0 else 1)} for i, d in enumerate(honest)]
+    updates = [ClientUpdate(f"c{i}", 10, u) for i, u in enumerate(uploads)]
+    state = ServerState(weights={"w": torch.zeros(20)})
+    params = {"clip": {"max_norm": 10.0}, "trimmed_mean": {"beta": 0.2}}.get(name, {})
+    robust = make_strategy("fedavg", {"aggregator": name, "aggregator_params": params})
+    plain = make_strategy("fedavg")
+    robust_state, _ = robust.aggregate(state, 1, updates, [])
+    plain_state, _ = plain.aggregate(state, 1, updates, [])
+    reference = make_aggregator("mean")(honest, [10] * len(honest))["w"]
+    assert float((robust_state.weights["w"] - reference).norm()) < 0.5 * float(reference.norm())
+    assert float((plain_state.weights["w"] - reference).norm()) > 10 * float(reference.norm())
