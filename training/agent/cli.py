@@ -1,0 +1,111 @@
+"""Command line of the agent:
+
+    python agent.pyz train <round dir>     train one round (see runner.py)
+    python agent.pyz version               {"event": "version", "version": ..., "sha256": ..., ...}
+    python agent.pyz selftest              a tiny in-memory round through the real code path
+
+Every outcome is one JSON line on stdout; errors are {"event": "error", "message": ...} with exit status 1
+(2 for a bad command line). Nothing is ever printed as a traceback the platform would have to parse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from training.agent import AGENT_VERSION
+from training.agent.round_config import AgentError
+from training.agent.runner import emit, run_train
+
+USAGE = "usage: agent.pyz train <round dir> | version | selftest"
+
+
+def running_archive() -> Path | None:
+    """The agent.pyz this code was imported from, or None when it runs from a source tree."""
+    for parent in Path(__file__).parents:
+        if parent.is_file() and zipfile.is_zipfile(parent):
+            return parent
+    return None
+
+
+def default_work_dir() -> Path:
+    """Relative paths in config.json are relative to the phone's work dir, which holds agent.pyz."""
+    archive = running_archive()
+    return archive.parent if archive is not None else Path.cwd()
+
+
+def version_info() -> dict[str, object]:
+    archive = running_archive()
+    return {
+        "version": AGENT_VERSION,
+        "sha256": hashlib.sha256(archive.read_bytes()).hexdigest() if archive is not None else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def selftest(stdout: TextIO) -> None:
+    """Train a small logistic regression on generated data via client_train and the wire format."""
+    from training.fl.client import ClientTask, client_train
+    from training.fl.nets import initial_weights, model_spec_for
+    from training.fl.wire import dumps_tensors, loads_tensors
+
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=generator)
+    y = (x[:, 0] > 0).long()
+    spec = model_spec_for("logreg", input_shape=(8,), num_classes=2)
+    config = {"algorithm": "fedavg", "model": spec, "lr": 0.5, "epochs": 3, "batch_size": 16, "seed": 0}
+    result = client_train(ClientTask(config=config, received=initial_weights(spec, seed=0), x=x, y=y))
+    back = loads_tensors(dumps_tensors(result.upload()), max_bytes=1 << 20)
+    if result.loss_after >= result.loss_before or set(back) != set(result.delta):
+        raise AgentError(f"selftest failed: loss {result.loss_before:.4f} -> {result.loss_after:.4f}")
+    emit(
+        stdout,
+        "selftest",
+        ok=True,
+        loss_before=result.loss_before,
+        loss_after=result.loss_after,
+        seconds=time.perf_counter() - started,
+        **version_info(),
+    )
+
+
+def main(
+    argv: Sequence[str], *, stdout: TextIO | None = None, environ: Mapping[str, str] | None = None
+) -> int:
+    out = stdout if stdout is not None else sys.stdout
+    env = environ if environ is not None else os.environ
+    torch.set_num_threads(1)  # phones share cores with everything else; one thread keeps runs comparable
+    command = argv[0] if argv else ""
+    try:
+        if command == "train" and len(argv) == 2:
+            run_train(Path(argv[1]), stdout=out, environ=env, default_work_dir=default_work_dir())
+        elif command == "version" and len(argv) == 1:
+            emit(out, "version", **version_info())
+        elif command == "selftest" and len(argv) == 1:
+            selftest(out)
+        else:
+            emit(out, "error", message=USAGE)
+            return 2
+    except AgentError as exc:
+        emit(out, "error", message=_one_line(str(exc)))
+        return 1
+    except Exception as exc:  # anything unexpected still ends as one parsable line
+        emit(out, "error", message=_one_line(f"{type(exc).__name__}: {exc}"))
+        return 1
+    return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "unknown error"
