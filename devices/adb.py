@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import queue
 import re
 import secrets
 import select
@@ -28,6 +29,7 @@ import shlex
 import socket
 import stat as stat_module
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 from adb_shell import adb_device, constants
 from adb_shell import exceptions as adb_errors
-from adb_shell.adb_message import unpack
+from adb_shell.adb_message import AdbMessage, unpack
 from adb_shell.auth.sign_cryptography import CryptographySigner
 from adb_shell.transport.tcp_transport import TcpTransport
 
@@ -213,7 +215,16 @@ class _Transport(TcpTransport):
 
 
 class _IOManager(adb_device._AdbIOManager):
-    """adb-shell's packet I/O with a fast checksum and single-buffer payload reads (same wire format)."""
+    """adb-shell's packet I/O with a fast checksum and single-buffer payload reads (same wire format).
+
+    Streams listed in `early_ack` (our sync streams) get their OKAY as soon as a WRTE's header has
+    arrived, so the phone can send the next packet while this one is still being read: the phone's
+    one-packet-in-flight window then never stalls on our side.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        super().__init__(transport)
+        self.early_ack: set[int] = set()
 
     def _read_bytes_from_device(self, length: int, adb_info: Any) -> bytes:
         read_exactly = getattr(self._transport, "read_exactly", None)
@@ -231,6 +242,8 @@ class _IOManager(adb_device._AdbIOManager):
             return command, arg0, arg1, b""
         if length > constants.MAX_ADB_DATA:
             raise adb_errors.InvalidResponseError(f"payload of {length} bytes exceeds the maximum")
+        if command == constants.WRTE and arg1 in self.early_ack:
+            self._send(AdbMessage(constants.OKAY, arg1, arg0), adb_info)  # we hold the transport lock
         data = self._read_bytes_from_device(length, adb_info)
         if _checksum(data) != check:
             raise adb_errors.InvalidChecksumError(f"checksum mismatch on {command!r}")
@@ -268,6 +281,193 @@ def _make_device(target: Target, timeout_s: float) -> tuple[Any, _Transport | No
         raise DeviceOffline(f"USB device {target.address} not found: {exc}") from None
     device._io_manager = _IOManager(device._io_manager._transport)
     return device, None
+
+
+# --- sync protocol (push/pull) --------------------------------------------------------------------
+_SYNC_HEADER = struct.Struct("<4sI")
+_SYNC_DATA_MAX = 64 * 1024
+
+
+class _RemoteFailure(Exception):
+    """The phone answered a sync request with FAIL (e.g. a missing file); the stream is still in step."""
+
+
+class _SyncStream:
+    """One `sync:` stream driven over adb-shell's packet layer (its open/read/OKAY/close primitives).
+
+    adb-shell's own push copies each megabyte three times and reads the next file chunk only after the
+    previous packet was acknowledged; here the next packet is read from disk straight into its buffer
+    while the phone still works on the previous one, and pulled data goes from the received packet to
+    the file without an intermediate buffer.
+    """
+
+    def __init__(self, device: Any, timeout_s: float) -> None:
+        self._device = device
+        self._io = device._io_manager
+        self._info = device._open(b"sync:", timeout_s, timeout_s, None)
+        if isinstance(self._io, _IOManager):
+            self._io.early_ack.add(self._info.local_id)
+        self._pending = bytearray()  # received bytes not yet consumed
+        self._unacknowledged = False  # a WRTE of ours still waits for its OKAY
+        self.max_payload = max(min(int(device._maxdata), constants.MAX_ADB_DATA), 4096)
+
+    def close(self) -> None:
+        if isinstance(self._io, _IOManager):
+            self._io.early_ack.discard(self._info.local_id)
+        self._device._clse(self._info)
+
+    # --- packets ----------------------------------------------------------------------------------
+    def send(self, payload: bytes | bytearray | memoryview) -> None:
+        """Send one WRTE; waits first for the OKAY of the previous one (one in flight per stream)."""
+        self.wait_acknowledged()
+        info = self._info
+        self._device._io_manager.send(
+            AdbMessage(constants.WRTE, info.local_id, info.remote_id, payload), info
+        )
+        self._unacknowledged = True
+
+    def wait_acknowledged(self) -> None:
+        while self._unacknowledged:
+            self._next_packet()
+
+    def _next_packet(self) -> None:
+        expected = [constants.OKAY, constants.WRTE, constants.CLSE]
+        command, _, _, data = self._io.read(expected, self._info, allow_zeros=True)
+        if command == constants.OKAY:
+            self._unacknowledged = False
+        elif command == constants.WRTE:
+            if self._info.local_id not in getattr(self._io, "early_ack", ()):
+                self._device._okay(self._info)
+            self._pending += data
+        else:
+            raise ConnectionAbortedError("the phone closed the sync stream")
+
+    def receive(self, size: int) -> memoryview:
+        """The next `size` received bytes (waiting for packets as needed)."""
+        while len(self._pending) < size:
+            self._next_packet()
+        chunk = memoryview(bytes(self._pending[:size]))
+        del self._pending[:size]
+        return chunk
+
+    def receive_into(self, sink: _BackgroundWriter, size: int) -> None:
+        """Hand the next `size` received bytes to the file writer as the packets come."""
+        while size:
+            if not self._pending:
+                self._next_packet()
+                continue
+            take = min(size, len(self._pending))
+            sink.write(bytes(self._pending[:take]))
+            del self._pending[:take]
+            size -= take
+
+    def reply(self) -> tuple[bytes, int]:
+        request_id, value = _SYNC_HEADER.unpack(self.receive(_SYNC_HEADER.size))
+        if request_id == b"FAIL":
+            raise _RemoteFailure(bytes(self.receive(value)).decode("utf-8", errors="replace"))
+        return request_id, value
+
+    # --- requests ---------------------------------------------------------------------------------
+    def push(self, source: Any, spec: bytes, progress: Callable[[int], None]) -> None:
+        """SEND spec, DATA chunks filling each packet, DONE mtime; then expect OKAY."""
+        buffer = bytearray(self.max_payload)
+        view = memoryview(buffer)
+        position = _pack_request(view, 0, b"SEND", spec)
+        finished = False
+        while not finished:
+            position, moved, finished = _fill_data(view, position, source)
+            if finished and position + _SYNC_HEADER.size <= len(view):
+                _SYNC_HEADER.pack_into(view, position, b"DONE", int(time.time()))
+                position += _SYNC_HEADER.size
+                done_sent = True
+            else:
+                done_sent = False
+            self.send(view[:position])
+            progress(moved)
+            position = 0
+        if not done_sent:
+            self.send(_SYNC_HEADER.pack(b"DONE", int(time.time())))
+        self.wait_acknowledged()
+        request_id, _ = self.reply()
+        if request_id != b"OKAY":
+            raise adb_errors.InvalidResponseError(f"unexpected {request_id!r} after a push")
+
+    def pull(self, remote: bytes, sink: Any, progress: Callable[[int], None]) -> None:
+        self.send(_SYNC_HEADER.pack(b"RECV", len(remote)) + remote)
+        writer = _BackgroundWriter(sink)
+        try:
+            while True:
+                request_id, length = self.reply()
+                if request_id == b"DONE":
+                    return
+                if request_id != b"DATA" or length > _SYNC_DATA_MAX:
+                    raise adb_errors.InvalidResponseError(
+                        f"unexpected {request_id!r} ({length} bytes) in a pull"
+                    )
+                self.receive_into(writer, length)
+                progress(length)
+        finally:
+            writer.close()
+
+    def stat(self, remote: bytes) -> tuple[int, int, int]:
+        self.send(_SYNC_HEADER.pack(b"STAT", len(remote)) + remote)
+        request_id, mode, size, mtime = struct.unpack("<4sIII", self.receive(16))
+        if request_id != b"STAT":
+            raise adb_errors.InvalidResponseError(f"unexpected {request_id!r} to STAT")
+        return mode, size, mtime
+
+
+class _BackgroundWriter:
+    """Writes pulled data to the file from a second thread, so that receiving the next packet (and
+    acknowledging it) overlaps with the disk write; both release the GIL."""
+
+    def __init__(self, sink: Any) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="adb-pull-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._sink.write(block)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                    self._error = exc
+
+    def write(self, block: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(block)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _pack_request(view: memoryview, position: int, request_id: bytes, payload: bytes) -> int:
+    _SYNC_HEADER.pack_into(view, position, request_id, len(payload))
+    position += _SYNC_HEADER.size
+    view[position : position + len(payload)] = payload
+    return position + len(payload)
+
+
+def _fill_data(view: memoryview, position: int, source: Any) -> tuple[int, int, bool]:
+    """Append DATA chunks read from `source` until the packet is full or the file ends.
+    Returns (new position, file bytes added, end of file reached)."""
+    moved = 0
+    while len(view) - position > _SYNC_HEADER.size:
+        room = min(_SYNC_DATA_MAX, len(view) - position - _SYNC_HEADER.size)
+        count = source.readinto(view[position + _SYNC_HEADER.size : position + _SYNC_HEADER.size + room])
+        if not count:
+            return position, moved, True
+        _SYNC_HEADER.pack_into(view, position, b"DATA", count)
+        position += _SYNC_HEADER.size + count
+        moved += count
+    return position, moved, False
 
 
 # --- the connection -------------------------------------------------------------------------------
@@ -400,22 +600,23 @@ class AdbConnection:
         """Send a local file; returns its size. progress(done, total) gets running totals."""
         local = Path(local)
         try:
-            info = local.stat()
+            source = local.open("rb", buffering=0)
         except OSError as exc:
             raise TransferFailed(f"cannot read {local}: {exc.strerror}") from None
-        if not stat_module.S_ISREG(info.st_mode):
-            raise TransferFailed(f"{local} is not a regular file")
-        callback = _running_total(progress)
-        mode = stat_module.S_IFREG | (info.st_mode & 0o777)
-        with self._errors("push", timeout_s, transfer=True):
-            self._device.push(
-                str(local),
-                remote,
-                st_mode=mode,
-                progress_callback=callback,
-                transport_timeout_s=timeout_s,
-                read_timeout_s=timeout_s,
-            )
+        with source:
+            info = os.fstat(source.fileno())
+            if not stat_module.S_ISREG(info.st_mode):
+                raise TransferFailed(f"{local} is not a regular file")
+            mode = stat_module.S_IFREG | (info.st_mode & 0o777)
+            report = _running_total(progress, info.st_size)
+            with self._errors("push", timeout_s, transfer=True):
+                stream = _SyncStream(self._device, timeout_s)
+                try:
+                    stream.push(source, f"{remote},{mode}".encode(), report)
+                except _RemoteFailure:
+                    stream.close()
+                    raise
+                stream.close()
         return info.st_size
 
     def pull(
@@ -429,16 +630,16 @@ class AdbConnection:
         """Fetch a remote file into `local` (written under a temporary name, renamed when complete)."""
         local = Path(local)
         partial = local.with_name(f".{local.name}.{os.getpid()}.partial")
-        callback = _running_total(progress)
         try:
-            with self._errors("pull", timeout_s, transfer=True):
-                self._device.pull(
-                    remote,
-                    str(partial),
-                    progress_callback=callback,
-                    transport_timeout_s=timeout_s,
-                    read_timeout_s=timeout_s,
-                )
+            with partial.open("wb") as sink, self._errors("pull", timeout_s, transfer=True):
+                stream = _SyncStream(self._device, timeout_s)
+                try:
+                    total = stream.stat(remote.encode())[1] if progress is not None else 0
+                    stream.pull(remote.encode(), sink, _running_total(progress, total))
+                except _RemoteFailure:
+                    stream.close()
+                    raise
+                stream.close()
             size = partial.stat().st_size
             os.replace(partial, local)
         except OSError as exc:
@@ -477,7 +678,7 @@ class AdbConnection:
         except adb_errors.DeviceAuthError as exc:
             self.close()
             raise DeviceUnauthorized(f"{where}: {exc}") from None
-        except (adb_errors.AdbCommandFailureException, adb_errors.PushFailedError) as exc:
+        except (_RemoteFailure, adb_errors.AdbCommandFailureException, adb_errors.PushFailedError) as exc:
             raise TransferFailed(f"{where}: {_reason(exc)}") from None
         except (adb_errors.TcpTimeoutException, adb_errors.AdbTimeoutError, TimeoutError) as exc:
             self.close()
@@ -508,16 +709,15 @@ def _reason(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _running_total(progress: Callable[[int, int], None] | None) -> Callable[[str, int, int], None] | None:
-    """adb-shell reports each chunk's size; callers want the running total."""
-    if progress is None:
-        return None
+def _running_total(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """Turns per-packet byte counts into progress(done, total) calls."""
     done = 0
 
-    def report(_path: str, chunk: int, total: int) -> None:
+    def report(moved: int) -> None:
         nonlocal done
-        done += chunk
-        progress(done, total)
+        done += moved
+        if progress is not None and moved:
+            progress(done, total)
 
     return report
 

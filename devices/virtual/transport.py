@@ -26,16 +26,18 @@ from devices.virtual.packets import (
     AUTH_RSAPUBLICKEY,
     AUTH_SIGNATURE,
     AUTH_TOKEN,
+    HEADER_SIZE,
     MAX_HANDSHAKE_PAYLOAD,
     MAX_PAYLOAD,
     MAX_PAYLOAD_LEGACY,
     VERSION_SKIP_CHECKSUM,
     Command,
+    Header,
     MalformedPacket,
     Packet,
     checksum_ok,
+    decode_header,
     encode_header,
-    read_packet,
 )
 
 log = logging.getLogger(__name__)
@@ -80,12 +82,17 @@ class AdbStream:
         self._closing = False
 
     # --- events from the connection -------------------------------------------------------------
-    def on_write(self, payload: bytes) -> None:
+    def has_room_for(self, size: int) -> bool:
+        return not self.closed.is_set() and not self._okay_owed and self._buffered + size <= STREAM_HIGH_WATER
+
+    def on_write(self, payload: bytes, *, acknowledged: bool = False) -> None:
         if self.closed.is_set():
             return
         self._chunks.append(payload)
         self._buffered += len(payload)
         self._arrived.set()
+        if acknowledged:
+            return
         if self._buffered <= STREAM_HIGH_WATER:
             self.connection.send_nowait(Command.OKAY, self.local_id, self.remote_id)
         else:
@@ -216,11 +223,17 @@ class DeviceConnection:
         try:
             while True:
                 limit = MAX_PAYLOAD if self.authorized else MAX_HANDSHAKE_PAYLOAD
-                verify = self._negotiated and self.checksummed
-                packet = await read_packet(self._reader, max_payload=limit, verify_checksum=verify)
+                header = decode_header(await self._reader.readexactly(HEADER_SIZE), max_payload=limit)
+                acknowledged = self._acknowledge_early(header)
+                payload = await self._reader.readexactly(header.length) if header.length else b""
+                packet = Packet(header.command, header.arg0, header.arg1, payload, header.check)
+                if self._negotiated and self.checksummed and not checksum_ok(packet):
+                    raise MalformedPacket(f"checksum mismatch on {header.command.name}")
                 if packet.command is Command.WRTE:
                     await self._ingress.consume(len(packet.payload))
-                await self._handle(packet)
+                    self._on_wrte(packet, acknowledged)
+                else:
+                    await self._handle(packet)
         except MalformedPacket as exc:
             log.info("closing %s: %s", self.peer, exc)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
@@ -249,12 +262,27 @@ class DeviceConnection:
             return  # adbd ignores everything else until the host is authenticated
         elif packet.command is Command.OPEN:
             self._on_open(packet)
-        elif packet.command is Command.WRTE:
-            self._with_stream(packet, lambda s: s.on_write(packet.payload))
         elif packet.command is Command.OKAY:
             self._with_stream(packet, AdbStream.on_okay)
         elif packet.command is Command.CLSE:
             self._on_clse(packet)
+
+    def _acknowledge_early(self, header: Header) -> bool:
+        """OKAY a WRTE as soon as its header arrives when the stream has room for it: the host may then
+        send the next one while this payload is still in flight (a real adbd acknowledges once the data
+        is queued, which is the same promise: room for more)."""
+        if not self.authorized or header.command is not Command.WRTE:
+            return False
+        stream = self._streams.get(header.arg1)
+        if stream is None or stream.remote_id != header.arg0 or not stream.has_room_for(header.length):
+            return False
+        self.send_nowait(Command.OKAY, stream.local_id, stream.remote_id)
+        return True
+
+    def _on_wrte(self, packet: Packet, acknowledged: bool) -> None:
+        stream = self._streams.get(packet.arg1)
+        if stream is not None and stream.remote_id == packet.arg0:
+            stream.on_write(packet.payload, acknowledged=acknowledged)
 
     def _with_stream(self, packet: Packet, action: Callable[[AdbStream], None]) -> None:
         stream = self._streams.get(packet.arg1)
