@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 # Seconds after a round's deadline before the watchdog assumes the deadline task was lost.
 DEADLINE_GRACE_S = 15.0
+# A round abandoned this many times in a row pauses the job: retrying forever would hide a broken lab.
+MAX_ROUND_ATTEMPTS = 5
 PARTITION_PARAM_NAMES = {"dirichlet": "alpha", "shards": "shards_per_client", "quantity": "sigma"}
 
 
@@ -319,15 +321,14 @@ def write_payload(
     device = participant.device
     config = job_config(job)
     splits_spec = _model_spec_cached(job, config)
-    work_dir = device.work_dir
     agent_config = {
         **client_config_for_round(extra, job_seed=config.seed, round_no=rnd.number, client_id=str(device.pk)),
         "algorithm": config.algorithm,
         "job": job.pk,
         "attempt": rnd.attempt,
         "model": splits_spec,
-        "shard": storage.phone_shard_path(work_dir, job.pk),
-        "client_state_dir": storage.phone_state_dir(work_dir, job.pk),
+        "shard": storage.relative_shard_path(job.pk),
+        "state_dir": storage.relative_state_dir(job.pk),
         "num_clients": job.participants.count(),
         "num_samples": participant.num_samples,
         "total_samples": _total_samples(job),
@@ -526,6 +527,12 @@ def _abandon(rnd: Round, reason: str) -> None:
         leases.release_devices(rnd.job_id, list(rnd.client_results.values_list("device_id", flat=True)))
         rnd.refresh_from_db()
         send_job_event(rnd.job_id, "round.abandoned", round=rnd.snapshot())
+        if rnd.attempt >= MAX_ROUND_ATTEMPTS:
+            services.pause_for_operator(
+                rnd.job,
+                f"round {rnd.number} was abandoned {rnd.attempt} times (last: {reason}); check the phones and resume",
+            )
+            return
         services.log(
             rnd.job_id,
             f"round {rnd.number} abandoned and retried: {reason}",

@@ -120,6 +120,12 @@ def cancel_job(job: Job, by: AbstractBaseUser) -> None:
         leases.release_job(job.pk)
 
 
+def pause_for_operator(job: Job, why: str) -> None:
+    """The engine stops a job that cannot make progress, keeping everything so a person can resume it."""
+    if _set_status(job, JobStatus.PAUSED, allowed_from=(JobStatus.RUNNING,)):
+        log(job.pk, f"paused: {why}", level=LogLevel.ERROR)
+
+
 def complete_job(job: Job) -> None:
     if _set_status(job, JobStatus.COMPLETED, allowed_from=(JobStatus.RUNNING,), finished_at=timezone.now()):
         log(job.pk, f"completed {job.committed_rounds} rounds; final accuracy {job.last_accuracy or 0:.3f}")

@@ -82,16 +82,30 @@ def phone_agent_path(work_dir: str) -> str:
     return posixpath.join(work_dir, "agent.pyz")
 
 
+def relative_job_dir(job_id: int) -> str:
+    return posixpath.join("jobs", str(int(job_id)))
+
+
+# config.json names the shard and the state dir relative to the work dir (the agent resolves them
+# against the directory holding agent.pyz), so the config holds no absolute phone paths.
+def relative_shard_path(job_id: int) -> str:
+    return posixpath.join(relative_job_dir(job_id), "shard.safetensors")
+
+
+def relative_state_dir(job_id: int) -> str:
+    return posixpath.join(relative_job_dir(job_id), "state")
+
+
 def phone_job_dir(work_dir: str, job_id: int) -> str:
-    return posixpath.join(work_dir, "jobs", str(int(job_id)))
+    return posixpath.join(work_dir, relative_job_dir(job_id))
 
 
 def phone_shard_path(work_dir: str, job_id: int) -> str:
-    return posixpath.join(phone_job_dir(work_dir, job_id), "shard.safetensors")
+    return posixpath.join(work_dir, relative_shard_path(job_id))
 
 
 def phone_state_dir(work_dir: str, job_id: int) -> str:
-    return posixpath.join(phone_job_dir(work_dir, job_id), "state")
+    return posixpath.join(work_dir, relative_state_dir(job_id))
 
 
 def phone_round_dir(work_dir: str, job_id: int, round_no: int, attempt: int) -> str:
