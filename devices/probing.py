@@ -75,6 +75,17 @@ def probe(
     return ProbeOutcome(DeviceStatus.ONLINE, "", telemetry)
 
 
+def probe_address(
+    transport: str, address: str, *, connect_timeout_s: float = 5.0, command_timeout_s: float = 5.0
+) -> ProbeOutcome:
+    """probe() for a stored transport/address; an address the ADB seam refuses counts as offline."""
+    try:
+        target = adb.Target(transport=transport, address=address)  # type: ignore[arg-type]
+    except ValueError as exc:
+        return ProbeOutcome(DeviceStatus.OFFLINE, f"invalid address: {exc}"[:300], None)
+    return probe(target, connect_timeout_s=connect_timeout_s, command_timeout_s=command_timeout_s)
+
+
 def _message(exc: Exception, fallback: str) -> str:
     text = getattr(exc, "message", "") or str(exc)
     return (text or fallback)[:300]

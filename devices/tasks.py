@@ -14,9 +14,9 @@ from celery import shared_task
 from django.conf import settings
 
 from config.celery import device_queue
-from devices import adb, services
+from devices import services
 from devices.models import Device
-from devices.probing import probe
+from devices.probing import probe_address
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,9 @@ def probe_device(device_id: int) -> str:
             device = Device.objects.get(pk=device_id)
         except Device.DoesNotExist:
             return "gone"
-        outcome = probe(
-            adb.Target(transport=device.transport, address=device.address),
+        outcome = probe_address(
+            device.transport,
+            device.address,
             connect_timeout_s=settings.FEDFLEET_PROBE_CONNECT_TIMEOUT_S,
             command_timeout_s=settings.FEDFLEET_PROBE_CONNECT_TIMEOUT_S,
         )

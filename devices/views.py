@@ -23,12 +23,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts.decorators import json_endpoint, operator_required
 from accounts.roles import is_operator
-from devices import adb, charts, services
+from devices import charts, services
 from devices.adb_identity import platform_identity
 from devices.filters import DeviceFilterSet
 from devices.forms import ConnectionTestForm, DeviceForm
 from devices.models import AvailabilityInterval, Device, DeviceStatus, Tag, TelemetrySample
-from devices.probing import probe
+from devices.probing import probe_address
 from devices.tasks import enqueue_probe
 
 HISTORY_HOURS_DEFAULT = 24
@@ -168,7 +168,7 @@ def adb_key(request: HttpRequest) -> HttpResponse:
 def _connection_check(transport: str, address: str) -> dict[str, Any]:
     """Probe a phone that may not be registered yet, and explain the result to a person."""
     timeout = float(settings.FEDFLEET_PROBE_CONNECT_TIMEOUT_S)
-    outcome = probe(adb.Target(transport=transport, address=address), connect_timeout_s=timeout)
+    outcome = probe_address(transport, address, connect_timeout_s=timeout)
     if outcome.status == DeviceStatus.ONLINE and outcome.telemetry is not None:
         props = outcome.telemetry.properties
         described = " ".join(part for part in (props.manufacturer, props.model) if part) or "a phone"
