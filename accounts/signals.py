@@ -12,6 +12,8 @@ from accounts.roles import ensure_role_groups
 
 @receiver(post_migrate, dispatch_uid="accounts.ensure_role_groups")
 def _ensure_role_groups(sender: Any, using: str = "default", **kwargs: Any) -> None:
-    if getattr(sender, "name", "") != "accounts":
+    # post_migrate is sent per app *with models*; accounts has none, and the role permissions live on
+    # devices.Device, so run once that app's permissions have been created (its signal comes after auth's).
+    if getattr(sender, "label", "") != "devices":
         return
     ensure_role_groups()

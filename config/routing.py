@@ -15,10 +15,17 @@ from typing import Any
 WEBSOCKET_ROUTE_MODULES: tuple[str, ...] = ("devices.routing", "training.routing")
 
 
+def _module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package itself is missing
+        return False
+
+
 def collect_websocket_urlpatterns(modules: Iterable[str] = WEBSOCKET_ROUTE_MODULES) -> list[Any]:
     patterns: list[Any] = []
     for name in modules:
-        if importlib.util.find_spec(name) is None:
+        if not _module_exists(name):
             continue
         patterns.extend(importlib.import_module(name).websocket_urlpatterns)
     return patterns

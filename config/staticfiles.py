@@ -42,7 +42,7 @@ class PlotlyJsFinder(BaseFinder):
     def find(self, path: str, find_all: bool = False, **kwargs: Any) -> str | list[str]:
         if path == PLOTLY_STATIC_PATH and self.bundle.is_file():
             return [str(self.bundle)] if find_all else str(self.bundle)
-        return [] if find_all else ""
+        return []  # Django's finders return an empty list for "not here", in both modes
 
     def list(self, ignore_patterns: Any) -> Iterator[tuple[str, FileSystemStorage]]:
         if self.bundle.is_file():
