@@ -25,6 +25,7 @@ PHASES: tuple[tuple[str, str, str], ...] = (
     ("aggregate", "Aggregate", "#ffa726"),
 )
 BYTE_UNITS: tuple[tuple[str, int], ...] = (("GB", 10**9), ("MB", 10**6), ("kB", 10**3), ("B", 1))
+FIGURE_HEIGHT_PX = 380
 _FONT = {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 12}
 
 
@@ -32,8 +33,10 @@ def _layout(title: str, **extra: Any) -> dict[str, Any]:
     return {
         "title": {"text": title, "x": 0.01, "xanchor": "left"},
         "font": _FONT,
-        "margin": {"l": 60, "r": 60, "t": 50, "b": 50},
-        "legend": {"orientation": "h", "y": -0.2},
+        "height": FIGURE_HEIGHT_PX,
+        # The legend sits at the bottom of the whole figure, below the x-axis title, never on top of it.
+        "margin": {"l": 60, "r": 60, "t": 50, "b": 110},
+        "legend": {"orientation": "h", "yref": "container", "y": 0.01, "yanchor": "bottom", "x": 0},
         "hovermode": "x unified",
         "uirevision": title,
         **extra,
@@ -97,6 +100,9 @@ def accuracy_loss_figure(rounds: Sequence[RoundDict]) -> Figure:
             "overlaying": "y",
             "side": "right",
             "rangemode": "tozero",
+            # Own ticks and no grid: ticks synced to the accuracy axis land on odd loss values.
+            "tickmode": "auto",
+            "showgrid": False,
         },
     )
     return {"data": data, "layout": layout}

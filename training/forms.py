@@ -49,8 +49,7 @@ ERROR_FIELD_FOR = {
 }
 
 FIELD_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Job", ("name",)),
-    ("Data", ("dataset", "data_seed", "partition", "partition_param")),
+    ("Job and data", ("name", "dataset", "data_seed", "partition", "partition_param")),
     ("Model and algorithm", ("model", "algorithm", "aggregator")),
     ("Rounds", ("rounds", "clients_per_round", "min_clients", "over_selection", "round_deadline_s")),
     ("Local training", ("local_epochs", "batch_size", "lr", "seed")),

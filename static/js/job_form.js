@@ -71,7 +71,8 @@ function refreshEligibility() {
     query.set("require_charging", field("require_charging").checked ? "true" : "false");
     const mine = ++sequence; // only the latest answer counts
     try {
-      const response = await fetch(`${form.dataset.eligibleUrl}?${query}`, {
+      // getAttribute, not form.dataset: the form has a field named "dataset", which shadows it.
+      const response = await fetch(`${form.getAttribute("data-eligible-url")}?${query}`, {
         headers: { Accept: "application/json" }, credentials: "same-origin",
       });
       if (mine !== sequence) return;
