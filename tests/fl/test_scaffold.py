@@ -24,6 +24,7 @@ from training.fl.scaffold import (
     save_client_control,
     scaffold_client_train,
 )
+from training.fl.simulate import SimulationConfig, simulate
 from training.fl.strategy import ClientFailure, ClientUpdate, ServerState
 
 SPEC = {"name": "logreg", "input_shape": [2], "num_classes": 2}
@@ -270,3 +271,29 @@ def test_agent_state_dir_takes_precedence_over_the_raw_config(tmp_path: Path):
         ClientTask(config=config, received=received(), x=FEATURES, y=LABELS, state_dir=agent_dir)
     )
     assert (agent_dir / CI_FILE_NAME).exists() and not raw_dir.exists()
+
+
+def test_simulated_scaffold_job_on_synthetic_non_iid_data_improves_and_stays_finite(tmp_path: Path):
+    config = SimulationConfig(
+        dataset="synthetic",
+        dataset_params={"num_devices": 8},
+        partition="natural",
+        num_clients=8,
+        clients_per_round=4,
+        rounds=5,
+        model="logreg",
+        algorithm="scaffold",
+        lr=0.01,
+        epochs=1,
+        batch_size=10,
+        max_steps=10,
+    )
+    result = simulate(config, state_root=tmp_path)
+    assert all(not r.failed and r.metrics["scaffold_ci_resets"] == 0 for r in result.rounds)
+    reused = {c for r in result.rounds[1:] for c in r.selected} & set(result.rounds[0].selected)
+    assert reused and all((tmp_path / c / CI_FILE_NAME).exists() for c in reused)  # c_i carried over
+    assert all(
+        torch.isfinite(t).all()
+        for t in [*result.final_state.weights.values(), *result.final_state.buffers.values()]
+    )
+    assert result.accuracies()[-1] > result.initial_metrics["accuracy"] + 0.2
