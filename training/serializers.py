@@ -12,6 +12,7 @@ from rest_framework.settings import api_settings
 from training import services
 from training.job_config import JobConfig, JobConfigError, parse_job_config
 from training.models import Job
+from training.views import json_safe
 
 
 class JobSerializer(serializers.Serializer):
@@ -22,7 +23,7 @@ class JobSerializer(serializers.Serializer):
         request = self.context.get("request")
         if request is not None:
             summary["url"] = request.build_absolute_uri(reverse("training:job-detail", args=[instance.pk]))
-        return summary
+        return json_safe(summary)  # DRF's strict JSON would fail on a NaN loss with a 500
 
 
 class JobConfigSerializer(serializers.Serializer):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from typing import Any
 
 from django.contrib import messages
@@ -152,13 +153,25 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     )
 
 
+def json_safe(value: Any) -> Any:
+    """Replace NaN/±inf (a diverged loss) by None: JSON has no such numbers, and JSON.parse would reject
+    the whole snapshot, blanking the dashboard exactly when someone needs to see what went wrong."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def snapshot_with_figures(job: Job) -> dict[str, Any]:
     """services.job_snapshot plus what only the web layer knows: figures and the model download link."""
     snapshot = services.job_snapshot(job)
     snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"])
     has_model = services.final_model_path(job) is not None
     snapshot["final_model_url"] = reverse("training:job-model", args=[job.pk]) if has_model else None
-    return snapshot
+    return json_safe(snapshot)
 
 
 @json_endpoint
@@ -201,7 +214,7 @@ def export_csv(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def export_json(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
-    body = {"job": services.job_summary(job), "rounds": services.export_rows(job)}
+    body = json_safe({"job": services.job_summary(job), "rounds": services.export_rows(job)})
     response = HttpResponse(json.dumps(body, indent=2), content_type="application/json")
     return _attachment(response, f"job-{job.pk}-rounds.json")
 
@@ -285,7 +298,7 @@ def job_compare(request: HttpRequest) -> HttpResponse:
             "missing_ids": missing,
             "ids_value": ",".join(str(job.pk) for job in jobs),
             "selected_ids": [job.pk for job in jobs],
-            "figure": charts.compare_accuracy_figure(series, target=target),
+            "figure": json_safe(charts.compare_accuracy_figure(series, target=target)),
             "recent_jobs": Job.objects.select_related("owner")[:30],
         },
     )

@@ -211,6 +211,19 @@ def test_snapshot_json_has_the_dashboard_state_and_figures(viewer: Any, job_with
     assert set(data["figures"]) == {"accuracy_loss", "round_time", "bytes"}
 
 
+def test_snapshot_of_a_diverged_round_is_strict_json(viewer: Any, operator: Any) -> None:
+    job = make_job(operator)
+    make_round(job, 1, accuracy=0.1, loss=float("nan"))
+
+    def reject(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    for name in ("training:job-snapshot", "training:job-export-json"):
+        body = logged_in(viewer).get(reverse(name, args=[job.pk])).content
+        data = json.loads(body, parse_constant=reject)
+        assert data["rounds"][0]["loss"] is None
+
+
 def test_dashboard_page_wires_the_live_script(operator: Any, job_with_rounds: Job) -> None:
     page = logged_in(operator).get(reverse("training:job-detail", args=[job_with_rounds.pk]))
     html = page.content.decode()
