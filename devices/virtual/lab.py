@@ -93,9 +93,7 @@ class VirtualLab:
         if self.config.keys_file is not None and not Path(self.config.keys_file).is_file():
             raise LabError(f"adb_keys file {self.config.keys_file} does not exist")
         if self.config.use_zygote:
-            zygote = ZygoteRunner()
-            await zygote.start()
-            self.runner = zygote
+            self.runner = ZygoteRunner()  # started on the first agent run
         started_at = time.monotonic()
         for index, profile in enumerate(profiles):
             self.phones.append(

@@ -36,11 +36,16 @@ class ZygoteRunner:
         self._control: socket.socket | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Future[bool] | None = None
+        self._starting = asyncio.Lock()
+        self._stopped = False
         self.preloaded: list[str] = []
         self.forked = 0  # runs served by the zygote (tests check that it was really used)
 
     async def start(self) -> None:
-        """Launch the zygote; it becomes ready in the background (readiness is awaited on first use)."""
+        """Launch the zygote now; it becomes ready in the background. Without this call the zygote
+        starts on the first agent run (a lab whose phones never train never pays for importing torch)."""
+        if self._process is not None:
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = dict(self._env if self._env is not None else os.environ)
         env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
@@ -73,9 +78,13 @@ class ZygoteRunner:
         return True
 
     async def wait_ready(self) -> bool:
+        if self._ready is None and not self._stopped:
+            async with self._starting:
+                await self.start()
         return bool(self._ready is not None and await asyncio.shield(self._ready))
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._control is not None:
             self._control.close()  # the zygote sees EOF, kills its children and exits
             self._control = None

@@ -1,0 +1,283 @@
+"""devices/adb.py (adb-shell underneath) against virtual phones over real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from devices import adb
+from devices.adb_identity import AdbIdentity
+from devices.virtual.lab import LabThread, VirtualLab
+from devices.virtual.profile import AvailabilityProfile, BatteryProfile, FaultProfile, PhoneProfile
+from tests.virtual.conftest import by_serial, connect
+
+MAIN = PhoneProfile(serial="vt-main", model="Pixel 7", cores=8, ram_mb=8192, battery=BatteryProfile(level=64))
+# group 1 of 2 with a huge period: offline for the whole test run
+OFFLINE = PhoneProfile(
+    serial="vt-offline",
+    availability=AvailabilityProfile(kind="alternating", group=1, n_groups=2, period_s=1e9),
+)
+FAULTY = PhoneProfile(serial="vt-faulty", model="moto g(30)")
+TOGGLE = PhoneProfile(serial="vt-toggle")
+
+
+@pytest.fixture(scope="module")
+def lab(start_lab, keys_file: Path) -> LabThread:
+    return start_lab([MAIN, OFFLINE, FAULTY, TOGGLE], keys_file=keys_file)
+
+
+@pytest.fixture
+def phone(lab: LabThread, identity: AdbIdentity):
+    with connect(by_serial(lab, "vt-main"), identity) as connection:
+        yield connection
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- authentication ---------------------------------------------------------------------------------
+def test_authorized_key_connects(phone: adb.AdbConnection) -> None:
+    assert phone.shell("getprop ro.product.model") == "Pixel 7\n"
+
+
+def test_unknown_key_is_unauthorized_not_offline(lab: LabThread, stranger: AdbIdentity) -> None:
+    started = time.monotonic()
+    with pytest.raises(adb.DeviceUnauthorized) as caught:
+        connect(by_serial(lab, "vt-main"), stranger)
+    assert "accept" in caught.value.message or "allow" in caught.value.message.lower()
+    assert time.monotonic() - started < 10  # the phone's silence ends as "unauthorized", not a hang
+
+
+def test_accept_new_keys_mode_authorizes_and_remembers(start_lab, stranger: AdbIdentity) -> None:
+    lab = start_lab([PhoneProfile(serial="vt-accepting")], keys_file=None, accept_new_keys=True)
+    endpoint = lab.endpoints[0]
+    with connect(endpoint, stranger) as first:
+        assert first.shell("echo hello") == "hello\n"
+    accepted = endpoint.sandbox.parent / ".accepted_keys" / "vt-accepting"
+    assert stranger.public_key.split()[0] in accepted.read_text()
+    # The second time the signature alone suffices: switch acceptance off and connect again.
+    lab.call(lambda lab_: _set_accept(lab_, False))
+    with connect(endpoint, stranger) as second:
+        assert second.shell("echo again") == "again\n"
+
+
+async def _set_accept(lab: VirtualLab, value: bool) -> None:
+    lab.phones[0]._accept_new_keys = value
+
+
+# --- shell output -------------------------------------------------------------------------------------
+def test_getprop_formats(phone: adb.AdbConnection) -> None:
+    assert phone.run("getprop ro.build.version.sdk") == "34\n"
+    assert phone.run("getprop ro.product.manufacturer") == "Google\n"
+    assert phone.run("getprop no.such.property") == "\n"
+    listing = phone.run("getprop")
+    assert "[ro.product.model]: [Pixel 7]\n" in listing
+    assert all(re.fullmatch(r"\[[^\]]+\]: \[.*\]", line) for line in listing.splitlines())
+
+
+def test_dumpsys_battery_format(phone: adb.AdbConnection) -> None:
+    text = phone.run("dumpsys battery")
+    lines = text.splitlines()
+    assert lines[0] == "Current Battery Service state:"
+    fields = dict(line.strip().split(": ", 1) for line in lines[1:])
+    assert {"AC powered", "USB powered", "status", "health", "level", "scale", "temperature"} <= set(fields)
+    assert int(fields["level"]) in (63, 64)
+    assert fields["status"] == "3" and fields["USB powered"] == "false"
+    assert fields["scale"] == "100" and fields["technology"] == "Li-ion"
+
+
+def test_proc_and_sys_files(phone: adb.AdbConnection) -> None:
+    meminfo = phone.run("cat /proc/meminfo")
+    total_kb = int(re.search(r"^MemTotal:\s+(\d+) kB$", meminfo, re.M).group(1))  # type: ignore[union-attr]
+    assert 7_000_000 < total_kb < 8192 * 1024
+    assert phone.run("cat /sys/devices/system/cpu/possible") == "0-7\n"
+    assert phone.run("nproc") == "8\n"
+    assert phone.run("cat /proc/cpuinfo").count("processor\t:") == 8
+
+
+def test_files_and_status_commands(phone: adb.AdbConnection) -> None:
+    phone.run("rm -rf /data/local/tmp/t && mkdir -p /data/local/tmp/t/sub")
+    assert phone.run("echo 'a  b' \"c\" > /data/local/tmp/t/f.txt; cat /data/local/tmp/t/f.txt") == "a  b c\n"
+    assert phone.run("ls /data/local/tmp/t") == "f.txt\nsub\n"
+    digest = hashlib.sha256(b"a  b c\n").hexdigest()
+    assert phone.run("sha256sum /data/local/tmp/t/f.txt") == f"{digest}  /data/local/tmp/t/f.txt\n"
+    assert phone.shell("false; echo $?") == "1\n"
+    assert phone.shell("false && echo no; true && echo yes") == "yes\n"
+    assert phone.run("df").startswith("Filesystem")
+    with pytest.raises(adb.CommandFailed) as caught:
+        phone.run("mkdir /data/local/tmp/t")
+    assert caught.value.exit_code == 1 and "File exists" in caught.value.output
+
+
+def test_unknown_command_is_127(phone: adb.AdbConnection) -> None:
+    assert (
+        phone.shell("frobnicate --now; echo $?")
+        == "/system/bin/sh: frobnicate: inaccessible or not found\n127\n"
+    )
+    with pytest.raises(adb.CommandFailed) as caught:
+        phone.run("frobnicate")
+    assert caught.value.exit_code == 127
+
+
+# --- sandbox -----------------------------------------------------------------------------------------
+def test_path_traversal_refused(lab: LabThread, phone: adb.AdbConnection, tmp_path: Path) -> None:
+    for path in ("/data/local/tmp/../../../etc/passwd", "/etc/passwd", "../../../../etc/hostname"):
+        output = phone.shell(f"cat {adb.quote(path)}; echo $?")
+        assert output == f"cat: {path}: Permission denied\n1\n"
+    outside = tmp_path / "escaped.txt"
+    source = tmp_path / "payload.txt"
+    source.write_text("x")
+    escape = "/data/local/tmp/../../.." + str(outside)
+    with pytest.raises(adb.TransferFailed):
+        phone.push(source, escape)
+    assert not outside.exists()
+    with pytest.raises(adb.TransferFailed):
+        phone.pull("/data/local/tmp/../../../etc/passwd", tmp_path / "passwd")
+    assert phone.stat("/etc/passwd") is None
+
+
+def test_symlink_out_of_sandbox_refused(lab: LabThread, phone: adb.AdbConnection) -> None:
+    sandbox = by_serial(lab, "vt-main").sandbox
+    link = sandbox / "data" / "local" / "tmp" / "escape"
+    if not link.is_symlink():
+        os.symlink("/etc", link)
+    assert phone.shell("cat /data/local/tmp/escape/hostname; echo $?").endswith("Permission denied\n1\n")
+    assert "Permission denied" in phone.shell("ls /data/local/tmp/escape")
+
+
+# --- streaming ----------------------------------------------------------------------------------------
+STREAMING_PROGRAM = """
+import os, sys, time
+print("first", flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[1]):   # the test creates it only after it has seen "first"
+    if time.monotonic() > deadline:
+        print("gave up waiting")
+        sys.exit(3)
+    time.sleep(0.01)
+print("second")
+print("third", flush=True)
+"""
+
+
+def test_stream_lines_yields_lines_as_produced(
+    lab: LabThread, phone: adb.AdbConnection, identity: AdbIdentity, tmp_path: Path
+) -> None:
+    program = tmp_path / "stream.py"
+    program.write_text(STREAMING_PROGRAM)
+    phone.push(program, "/data/local/tmp/stream.py")
+    phone.run("rm -f /data/local/tmp/go")
+    lines = phone.stream_lines(
+        "python3 /data/local/tmp/stream.py /data/local/tmp/go; echo status=$?", timeout_s=90
+    )
+    assert next(lines) == "first"  # while the program is still blocked, waiting for us
+    with connect(by_serial(lab, "vt-main"), identity) as other:
+        other.run("touch /data/local/tmp/go")
+    assert list(lines) == ["second", "third", "status=0"]
+
+
+# --- transfers ----------------------------------------------------------------------------------------
+def test_push_and_pull_5mb_intact(phone: adb.AdbConnection, tmp_path: Path) -> None:
+    source = tmp_path / "five.bin"
+    source.write_bytes(os.urandom(5 * 1024 * 1024 + 123))
+    reports: list[tuple[int, int]] = []
+    sent = phone.push(
+        source, "/data/local/tmp/five.bin", progress=lambda done, total: reports.append((done, total))
+    )
+    assert sent == source.stat().st_size
+    assert reports[-1] == (sent, sent) and [d for d, _ in reports] == sorted(d for d, _ in reports)
+    assert phone.run("sha256sum /data/local/tmp/five.bin").split()[0] == sha256(source)
+    back = tmp_path / "back.bin"
+    pulled: list[int] = []
+    assert (
+        phone.pull("/data/local/tmp/five.bin", back, progress=lambda done, total: pulled.append(done)) == sent
+    )
+    assert sha256(back) == sha256(source) and pulled[-1] == sent
+    remote = phone.stat("/data/local/tmp/five.bin")
+    assert remote is not None and remote.size == sent and not remote.is_dir
+    assert phone.stat("/data/local/tmp/missing.bin") is None
+
+
+def test_pull_of_missing_file_fails_and_connection_stays_usable(
+    phone: adb.AdbConnection, tmp_path: Path
+) -> None:
+    with pytest.raises(adb.TransferFailed) as caught:
+        phone.pull("/data/local/tmp/nothing-here", tmp_path / "x")
+    assert "No such file" in caught.value.message
+    assert not (tmp_path / "x").exists()
+    assert phone.run("echo still-here") == "still-here\n"
+
+
+def test_drop_mid_push_fails_and_phone_serves_next_connection(
+    lab: LabThread, identity: AdbIdentity, tmp_path: Path
+) -> None:
+    endpoint = by_serial(lab, "vt-faulty")
+    source = tmp_path / "drop.bin"
+    source.write_bytes(os.urandom(5 * 1024 * 1024))
+    lab.call(lambda lab_: _set_faults(lab_, "vt-faulty", FaultProfile(drop_transfer_p=1.0)))
+    try:
+        with connect(endpoint, identity) as connection, pytest.raises(adb.TransferFailed):
+            connection.push(source, "/data/local/tmp/drop.bin")
+    finally:
+        lab.call(lambda lab_: _set_faults(lab_, "vt-faulty", FaultProfile()))
+    with connect(endpoint, identity) as again:
+        assert again.run("ls /data/local/tmp") == ""  # no half-written file was left behind
+        again.push(source, "/data/local/tmp/drop.bin")
+        assert again.run("sha256sum /data/local/tmp/drop.bin").split()[0] == sha256(source)
+
+
+async def _set_faults(lab: VirtualLab, serial: str, faults: FaultProfile) -> None:
+    lab.phone(serial).faults.profile = faults
+
+
+# --- availability -------------------------------------------------------------------------------------
+def test_offline_phone_is_device_offline(lab: LabThread, identity: AdbIdentity) -> None:
+    with pytest.raises(adb.DeviceOffline):
+        connect(by_serial(lab, "vt-offline"), identity)
+
+
+def test_phone_going_offline_drops_connection_and_refuses_new_ones(
+    lab: LabThread, identity: AdbIdentity
+) -> None:
+    endpoint = by_serial(lab, "vt-toggle")
+    connection = connect(endpoint, identity)
+    assert connection.run("echo up") == "up\n"
+    lab.call(lambda lab_: _force(lab_, "vt-toggle", False))
+    try:
+        with pytest.raises(adb.DeviceOffline):
+            connection.shell("echo still there?")
+        with pytest.raises(adb.DeviceOffline):
+            connect(endpoint, identity)
+    finally:
+        lab.call(lambda lab_: _force(lab_, "vt-toggle", None))
+    with connect(endpoint, identity) as back:
+        assert back.run("echo back") == "back\n"
+
+
+async def _force(lab: VirtualLab, serial: str, online: bool | None) -> None:
+    phone = lab.phone(serial)
+    phone.forced_online = online
+    await phone.apply_availability()
+
+
+def test_closed_connection_raises_offline(phone: adb.AdbConnection) -> None:
+    phone.close()
+    phone.close()  # idempotent
+    with pytest.raises(adb.DeviceOffline):
+        phone.run("echo x")
+
+
+def test_target_validation() -> None:
+    assert adb.Target("tcp", "127.0.0.1:15555").host_port == ("127.0.0.1", 15555)
+    for bad in ("127.0.0.1", "host:99999", "a b:1", ""):
+        with pytest.raises(ValueError):
+            adb.Target("tcp", bad)
+    with pytest.raises(ValueError):
+        adb.Target("usb", "serial; rm -rf /")
+    assert adb.quote("it's") == "'it'\"'\"'s'"
