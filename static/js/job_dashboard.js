@@ -216,8 +216,14 @@ function applyEvent(event) {
     case "device.progress": {
       if (!currentRound || event.round !== currentRound.number) return;
       const known = clients.get(event.device);
-      const state = !known || ["selected", "pushing"].includes(known.state) ? "training" : known.state;
-      updateClient({ device: event.device, state, epoch: event.epoch, step: event.step, steps_total: event.steps_total, loss: event.loss });
+      // Progress means training, unless the phone already finished (a late progress line after the result).
+      const finished = known && !["selected", "pushing", "training"].includes(known.state);
+      const update = { device: event.device, state: finished ? known.state : event.state || "training" };
+      // The first event of a run carries only the state; keep the numbers we have until new ones come.
+      for (const key of ["epoch", "step", "steps_total", "loss"]) {
+        if (event[key] !== undefined) update[key] = event[key];
+      }
+      updateClient(update);
       break;
     }
     case "device.finished":
