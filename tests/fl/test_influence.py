@@ -242,3 +242,23 @@ def test_correlations_by_hand() -> None:
     assert spearman([1, 2, 3, 4], [1, 4, 9, 100]) == pytest.approx(1.0)
     # Ties share their average rank: ranks (1.5, 1.5, 3) vs (1, 2, 3) -> r = 0.866...
     assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(0.8660254, rel=1e-6)
+
+
+def test_an_invalid_round_is_rejected_without_changing_the_state() -> None:
+    tracker = InfluenceTracker(_linear_factory, _validation(), {"evaluate": False})
+    tracker.observe_round(
+        1, _weights(0.0), [("a", 10, _delta(1)), ("b", 10, _delta(2))], lr=0.1, local_steps=2
+    )
+    before = tracker.state()
+    bad_rounds = [
+        [("a", 10, _delta(3)), ("a", 10, _delta(4))],  # duplicate client
+        [("c", 0, _delta(3)), ("a", 10, _delta(4))],  # no samples
+        [("c", 10, {"weight": torch.zeros(2, 3)}), ("a", 10, _delta(4))],  # missing tensor
+    ]
+    for updates in bad_rounds:
+        with pytest.raises(ValueError):
+            tracker.observe_round(2, _weights(0.0), updates, lr=0.1, local_steps=2)
+    with pytest.raises(ValueError):
+        tracker.observe_round(2, _weights(0.0), [("c", 10, _delta(3))], lr=0.1, local_steps={"a": 2})
+    after = tracker.state()
+    assert after[1] == before[1] and all(torch.equal(after[0][k], before[0][k]) for k in before[0])

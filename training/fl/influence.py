@@ -420,13 +420,13 @@ class InfluenceTracker:
         ids = [cid for cid, _, _ in updates]
         if len(set(ids)) != len(ids):
             raise ValueError(f"influence: duplicate clients in round {round_no}")
-        for cid in ids:
-            self._ensure_client(cid, round_no)
         counts = torch.tensor([float(n) for _, n, _ in updates], dtype=torch.float64)
         if bool((counts <= 0).any()):
             raise ValueError("influence: every update needs a positive sample count")
         deltas = torch.stack([layout.flatten(d) for _, _, d in updates])
         steps = [self._steps_for(cid, local_steps) for cid in ids]
+        for cid in ids:  # only once the round's inputs are known to be valid
+            self._ensure_client(cid, round_no)
 
         mixing = self._mixing_weights(ids, counts)  # (tracked clients × K) n_k / n(S∖c)
         delta_t = self._removal_deltas(ids, counts, deltas, server_lr)  # (tracked clients × D)
@@ -719,7 +719,9 @@ class InfluenceTracker:
                 "loss": None,
                 "accuracy": None,
             }
-            if self.config.evaluate:
+            if self.config.evaluate and float(norms[row]) == 0.0:
+                entry["loss"], entry["accuracy"] = 0.0, 0.0
+            elif self.config.evaluate:
                 loss, accuracy = flat_model.loss_and_accuracy(w_after + self.eps[row], self._x, self._y)
                 entry["loss"] = loss - base_loss
                 entry["accuracy"] = accuracy - base_accuracy
