@@ -22,6 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from devices import adb
+from devices.validators import agent_python_command
 from training import storage
 from training.agent.build import AgentBuild, build_agent_pyz
 from training.events import send_job_event
@@ -50,11 +51,6 @@ class AgentRun:
     error: str = ""
     tail: list[str] = field(default_factory=list)
     done: dict[str, Any] = field(default_factory=dict)
-
-
-def python_command(agent_python: str) -> str:
-    """The phone's python command, each word quoted (an operator setting, still never trusted raw)."""
-    return " ".join(shlex.quote(word) for word in shlex.split(agent_python))
 
 
 def _set_state(result: ClientResult, state: str, **fields: Any) -> bool:
@@ -225,7 +221,7 @@ def _run(result: ClientResult) -> None:
             return
         send_job_event(job.pk, "device.progress", round=rnd.number, device=device.pk, state="training")
         command = (
-            f"{python_command(device.agent_python)} {shlex.quote(remote_agent)} train "
+            f"{agent_python_command(device.agent_python)} {shlex.quote(remote_agent)} train "
             f"{shlex.quote(remote_round)}; echo {EXIT_MARKER}$?"
         )
         run = parse_agent_output(conn.stream_lines(command, timeout_s=remaining), ProgressRelay(result))
