@@ -26,7 +26,7 @@ from devices.validators import agent_python_command
 from training import storage
 from training.agent.build import AgentBuild, build_agent_pyz
 from training.events import send_job_event
-from training.fl.wire import InvalidUpdate, load_update
+from training.fl.wire import InvalidUpdate, load_tensors
 from training.models import IN_FLIGHT_STATES, ClientResult, ClientState, Participant, RoundStatus
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ def _run(result: ClientResult) -> None:
 
 
 def _accept(result: ClientResult, local_dir: Path, limit: int, pull_s: float) -> None:
-    from training.engine import expected_upload_for  # noqa: PLC0415 - engine imports the model stack
+    from training.engine import upload_errors  # noqa: PLC0415 - engine imports the model stack
 
     up = sum((local_dir / n).stat().st_size for n in ("update.safetensors", "result.json"))
     try:
@@ -265,11 +265,10 @@ def _accept(result: ClientResult, local_dir: Path, limit: int, pull_s: float) ->
         loss = _number(report.get("loss"))
         if samples <= 0:
             raise ValueError(f"result.json reports {samples} samples")
-        load_update(
-            (local_dir / "update.safetensors").read_bytes(),
-            expected_upload_for(result.round),
-            max_bytes=limit,
-        )
+        tensors = load_tensors(local_dir / "update.safetensors", max_bytes=limit)
+        errors = upload_errors(result.round, str(result.device_id), tensors, samples)
+        if errors:
+            raise InvalidUpdate("; ".join(errors))
     except (InvalidUpdate, ValueError, TypeError, OSError) as exc:
         _finish(result, ClientState.REJECTED, f"update rejected: {exc}", pull_s=pull_s, bytes_up=up)
         return

@@ -54,6 +54,7 @@ from training.models import (
     Round,
     RoundStatus,
 )
+from training.signals import round_committed
 
 log = logging.getLogger(__name__)
 
@@ -209,12 +210,16 @@ def _round_rng(config: JobConfig, round_no: int, attempt: int) -> random.Random:
 class Selection:
     chosen: list[Participant]
     eligible: int
+    # Every participant's availability when the round began: device id -> idle (eligible, not picked),
+    # selected, offline, busy (leased to another job), ineligible (battery/charging) or excluded.
+    availability: dict[str, str]
 
 
 def select_participants(
     job: Job, config: JobConfig, strategy: Strategy, state: ServerState, round_no: int, attempt: int
 ) -> Selection:
-    participants = {p.device_id: p for p in job.participants.filter(excluded=False).select_related("device")}
+    everyone = list(job.participants.select_related("device"))
+    participants = {p.device_id: p for p in everyone if not p.excluded}
     available = [d.pk for d in eligible_devices(config, job_id=job.pk) if d.pk in participants]
     infos = [
         ClientInfo(
@@ -226,7 +231,23 @@ def select_participants(
     ]
     goal = min(config.selection_count, len(infos))
     chosen_ids = strategy.select(state, round_no, infos, goal, _round_rng(config, round_no, attempt))
-    return Selection(chosen=[participants[int(cid)] for cid in chosen_ids], eligible=len(infos))
+    availability = {str(p.device_id): _unavailable_state(p, job.pk) for p in everyone}
+    availability.update({str(device_id): "idle" for device_id in available})
+    availability.update({cid: "selected" for cid in chosen_ids})
+    return Selection(
+        chosen=[participants[int(cid)] for cid in chosen_ids], eligible=len(infos), availability=availability
+    )
+
+
+def _unavailable_state(participant: Participant, job_id: int) -> str:
+    device = participant.device
+    if participant.excluded:
+        return "excluded"
+    if device.lease_job_id not in (None, job_id):
+        return "busy"
+    if device.status in (DeviceStatus.ONLINE, DeviceStatus.BUSY):
+        return "ineligible"
+    return "offline"
 
 
 def start_round(job_id: int) -> None:
@@ -275,6 +296,7 @@ def start_round(job_id: int) -> None:
             goal=min(config.clients_per_round, len(chosen)),
             min_reports=min(config.min_reports, len(chosen)),
             deadline_at=deadline,
+            availability=selection.availability,
         )
         by_device = {p.device_id: p for p in chosen}
         results = []
@@ -507,6 +529,8 @@ def _commit(
         rnd.refresh_from_db()
         job.refresh_from_db()
         send_job_event(job.pk, "round.completed", round=rnd.snapshot(), job=services.job_summary(job))
+        round_id, job_id = rnd.pk, job.pk
+        transaction.on_commit(lambda: round_committed.send(sender=Round, round_id=round_id, job_id=job_id))
         failed = sum(r.state not in (ClientState.REPORTED,) for r in results)
         services.log(
             job.pk,
@@ -562,8 +586,10 @@ def watchdog() -> None:
             tasks.close_round.delay(rnd.pk, at_deadline=True)
 
 
-def expected_upload_for(rnd: Round) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Names, shapes and dtypes a valid upload for this round must have."""
+def upload_errors(
+    rnd: Round, client_id: str, tensors: dict[str, torch.Tensor], num_samples: int
+) -> list[str]:
+    """Reasons to reject one phone's upload for this round (the strategy decides what is valid)."""
     job = rnd.job
     state = storage.load_checkpoint(job.pk, rnd.number - 1)
-    return job_strategy(job, job_config(job)).expected_upload(state.weights)
+    return job_strategy(job, job_config(job)).validate_upload(state, client_id, tensors, num_samples)

@@ -151,6 +151,9 @@ class Round(models.Model):
     bytes_down = models.BigIntegerField(default=0)
     bytes_up = models.BigIntegerField(default=0)
     reason = models.CharField(max_length=200, blank=True)
+    # Each participant's availability when selection ran (device id -> state; see engine.Selection);
+    # with the ClientResults it is the raw material of the availability heatmap.
+    availability = models.JSONField(default=dict)
 
     class Meta:
         ordering = ["number", "attempt"]
@@ -186,6 +189,7 @@ class Round(models.Model):
             "bytes_up": self.bytes_up,
             "metrics": self.metrics,
             "reason": self.reason,
+            "availability": self.availability,
         }
 
 

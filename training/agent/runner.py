@@ -214,7 +214,10 @@ def result_summary(
     timings: dict[str, float],
     slowdown: float,
 ) -> dict[str, Any]:
+    # Algorithm-specific metrics first (e.g. SCAFFOLD's scaffold_ci_reset, so the platform can note a
+    # phone that lost its control variate); the fixed keys below win on a name clash.
     return {
+        **result.metrics(),
         "format": CONFIG_FORMAT,
         "agent_version": AGENT_VERSION,
         "algorithm": config.algorithm,

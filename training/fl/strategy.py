@@ -125,3 +125,19 @@ class Strategy(ABC):
     def expected_upload(self, weights: Weights) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Names, shapes and dtypes a valid upload must have (the engine checks every update against it)."""
         return {k: (tuple(v.shape), v.dtype) for k, v in weights.items()}
+
+    def validate_upload(
+        self,
+        state: ServerState,
+        client_id: str,
+        tensors: Mapping[str, torch.Tensor],
+        num_samples: int | None = None,
+    ) -> list[str]:
+        """Reasons to reject one client's upload (empty: accept). The default checks it against
+        `expected_upload`: exactly those names, shapes and dtypes, every value finite. Strategies whose
+        uploads differ per client (sparse submodel rows) override this."""
+        from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, validate_update  # noqa: PLC0415 - wire imports us
+
+        return validate_update(
+            tensors, self.expected_upload(state.weights), max_bytes=DEFAULT_MAX_UPDATE_BYTES
+        )
