@@ -61,8 +61,31 @@ def attempt_label(round_dict: RoundDict) -> str:
     return str(round_dict["number"]) if attempt == 1 else f"{round_dict['number']} (try {attempt})"
 
 
-def _round_axis(title: str = "Round") -> dict[str, Any]:
-    return {"title": {"text": title}, "rangemode": "tozero", "tickformat": "d"}
+def round_tick_step(last_round: int) -> int:
+    """A whole-number tick spacing (1, 2, 5, 10, 20, ...) giving at most about ten ticks.
+
+    Plotly's automatic ticks on a short run fall on halves (0.5, 1.5, ...), and a round 1.5 does not exist.
+    """
+    step = 1
+    while last_round / step > 10:
+        step = _next_nice(step)
+    return step
+
+
+def _next_nice(step: int) -> int:
+    """1 → 2 → 5 → 10 → 20 → 50 → 100 ..."""
+    digits = len(str(step)) - 1
+    lead = step // 10**digits
+    return (2 if lead == 1 else 5 if lead == 2 else 10) * 10**digits
+
+
+def _round_axis(last_round: int) -> dict[str, Any]:
+    return {
+        "title": {"text": "Round"},
+        "rangemode": "tozero",
+        "tick0": 0,
+        "dtick": round_tick_step(last_round),
+    }
 
 
 def accuracy_loss_figure(rounds: Sequence[RoundDict]) -> Figure:
@@ -93,7 +116,7 @@ def accuracy_loss_figure(rounds: Sequence[RoundDict]) -> Figure:
     ]
     layout = _layout(
         "Test accuracy and loss per round",
-        xaxis=_round_axis(),
+        xaxis=_round_axis(max(numbers, default=1)),
         yaxis={"title": {"text": "Accuracy (%)"}, "range": [0, 1], "tickformat": ".0%"},
         yaxis2={
             "title": {"text": "Loss (cross-entropy)"},
@@ -236,9 +259,10 @@ def compare_accuracy_figure(
                 "line": {"color": "#757575", "dash": "dash", "width": 1},
             }
         )
+    last_round = max((max(trace["x"], default=1) for trace in data), default=1)
     layout = _layout(
         "Test accuracy per round",
-        xaxis=_round_axis(),
+        xaxis=_round_axis(last_round),
         yaxis={"title": {"text": "Accuracy (%)"}, "range": [0, 1], "tickformat": ".0%"},
         shapes=shapes,
     )

@@ -124,3 +124,12 @@ def test_empty_job_gives_empty_but_valid_figures() -> None:
     for fig in figures.values():
         assert all(trace["x"] == [] for trace in fig["data"])
         go.Figure(fig)
+
+
+@pytest.mark.parametrize(
+    ("last_round", "step"), [(1, 1), (4, 1), (10, 1), (11, 2), (30, 5), (100, 10), (101, 20), (1000, 100)]
+)
+def test_round_ticks_are_whole_numbers(last_round: int, step: int) -> None:
+    assert charts.round_tick_step(last_round) == step
+    fig = charts.accuracy_loss_figure([make_round(n, 0.5) for n in range(1, last_round + 1)])
+    assert fig["layout"]["xaxis"]["dtick"] == step

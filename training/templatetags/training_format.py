@@ -16,3 +16,11 @@ def percent(value: Any, digits: int = 1) -> str:
         return f"{float(value) * 100:.{int(digits)}f}%"
     except (TypeError, ValueError):
         return "–"
+
+
+@register.filter
+def params(value: Any) -> str:
+    """{'mu': 0.01, 'server_lr': 1.0} → 'mu=0.01, server_lr=1.0' (a job's algorithm/aggregator knobs)."""
+    if not isinstance(value, dict):
+        return ""
+    return ", ".join(f"{key}={item}" for key, item in value.items())

@@ -156,6 +156,7 @@ class Command(BaseCommand):
             raise CommandError("--timeout must be positive", returncode=EXIT_INVALID)
         job = services.create_job(owner, config)
         self.stderr.write(f"job #{job.pk} “{job.name}” queued by {owner.get_username()}")
+        self.stderr.flush()
         if not options["wait"]:
             self.emit({"job": job.pk, "status": job.status})
             return
