@@ -52,9 +52,10 @@ def battery_figure(points: Sequence[BatteryPoint], *, title: str = "Battery over
         go.Scatter(
             x=[p.at for p in known],
             y=[p.level for p in known],
-            mode="lines",
+            mode="lines+markers",  # markers: a single sample (a phone seen once) is still visible
             name="level",
             line={"color": COLOUR_HEX["blue"], "width": 2},
+            marker={"size": 4},
             hovertemplate="%{x|%Y-%m-%d %H:%M:%S}<br>%{y}%<extra></extra>",
         )
     )

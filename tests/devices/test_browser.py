@@ -81,6 +81,8 @@ def test_register_a_phone_and_watch_it_come_online(
     form.click("#test-connection")
     expect(form.locator("#test-result")).to_have_attribute("data-result", "online")
     expect(form.locator("#test-result")).to_contain_text(phone.model)
+    ARTIFACTS.mkdir(exist_ok=True)
+    form.screenshot(path=str(ARTIFACTS / "register.png"), full_page=True)
     form.click("#device-form button[type=submit]")
     expect(form).to_have_url(re.compile(r"/devices/\d+/$"))
 
@@ -91,8 +93,8 @@ def test_register_a_phone_and_watch_it_come_online(
     expect(fleet.locator('[data-count="online"]')).to_have_text("1")
     assert fleet.evaluate("window.__sameDocument") is True
 
-    ARTIFACTS.mkdir(exist_ok=True)
     fleet.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
     form.goto(form.url)  # the device page draws its Plotly charts from the local plotly.js
     expect(form.locator("#availability-chart .main-svg").first).to_be_visible()
+    form.screenshot(path=str(ARTIFACTS / "device.png"), full_page=True)
     context.close()

@@ -246,3 +246,14 @@ def test_connection_check_reports_each_outcome(operator_client: Any, monkeypatch
     invalid = operator_client.post(url, {"transport": "tcp", "address": "10.0.0.3:5555|sh"})
     assert invalid.status_code == 400 and "metacharacters" in json.dumps(invalid.json())
     assert operator_client.get(url).status_code == 405
+
+
+def test_forbidden_and_missing_pages_use_the_layout(viewer_client: Any) -> None:
+    forbidden = viewer_client.get(reverse("devices:register"))
+    assert (
+        forbidden.status_code == 403
+        and b"Operators" in forbidden.content
+        and b"FedFleet" in forbidden.content
+    )
+    missing = viewer_client.get(reverse("devices:detail", args=[424242]))
+    assert missing.status_code == 404 and b"Back to the fleet" in missing.content
