@@ -207,7 +207,7 @@ class VirtualPhone:
         if not self.online:
             writer.transport.abort()
             return
-        connection = DeviceConnection(reader, writer, self, bandwidth_bps=self.profile.faults.bandwidth_bps)
+        connection = DeviceConnection(reader, writer, self, bandwidth_bps=self.faults.profile.bandwidth_bps)
         self._connections.add(connection)
         try:
             await connection.serve()

@@ -281,3 +281,34 @@ def test_target_validation() -> None:
     with pytest.raises(ValueError):
         adb.Target("usb", "serial; rm -rf /")
     assert adb.quote("it's") == "'it'\"'\"'s'"
+
+
+def test_command_drop_bandwidth_and_stall_faults(
+    lab: LabThread, identity: AdbIdentity, tmp_path: Path
+) -> None:
+    endpoint = by_serial(lab, "vt-faulty")
+    try:
+        lab.call(
+            lambda lab_: _set_faults(
+                lab_, "vt-faulty", FaultProfile(drop_command_p=1.0, drop_command_window_s=0.2)
+            )
+        )
+        with connect(endpoint, identity) as connection, pytest.raises(adb.DeviceOffline):
+            connection.run("echo never seen")
+
+        lab.call(lambda lab_: _set_faults(lab_, "vt-faulty", FaultProfile(stall_p=1.0, stall_s=0.5)))
+        with connect(endpoint, identity) as connection:
+            started = time.monotonic()
+            assert connection.run("echo slow") == "slow\n"
+            assert time.monotonic() - started >= 0.5
+
+        source = tmp_path / "two.bin"
+        source.write_bytes(os.urandom(2 * 1024 * 1024))
+        lab.call(lambda lab_: _set_faults(lab_, "vt-faulty", FaultProfile(bandwidth_bps=4 * 1024 * 1024)))
+        with connect(endpoint, identity) as connection:  # the link limit applies from connection time
+            started = time.monotonic()
+            connection.push(source, "/data/local/tmp/two.bin")
+            assert time.monotonic() - started >= 0.4  # 2 MiB at 4 MiB/s, less the initial burst
+            assert connection.run("sha256sum /data/local/tmp/two.bin").split()[0] == sha256(source)
+    finally:
+        lab.call(lambda lab_: _set_faults(lab_, "vt-faulty", FaultProfile()))
