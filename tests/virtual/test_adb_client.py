@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -312,3 +313,44 @@ def test_command_drop_bandwidth_and_stall_faults(
             assert connection.run("sha256sum /data/local/tmp/two.bin").split()[0] == sha256(source)
     finally:
         lab.call(lambda lab_: _set_faults(lab_, "vt-faulty", FaultProfile()))
+
+
+def test_timeouts_are_device_timeout(lab: LabThread, identity: AdbIdentity) -> None:
+    with connect(by_serial(lab, "vt-main"), identity) as connection:
+        started = time.monotonic()
+        with pytest.raises(adb.DeviceTimeout):
+            connection.run("sleep 30", timeout_s=0.5)
+        assert time.monotonic() - started < 10
+        with pytest.raises(adb.DeviceOffline):  # the connection's state is unknown: it was closed
+            connection.run("echo x")
+    with connect(by_serial(lab, "vt-main"), identity) as connection:
+        lines = connection.stream_lines("echo one; sleep 30; echo two", timeout_s=0.5)
+        assert next(lines) == "one"
+        with pytest.raises(adb.DeviceTimeout):
+            next(lines)
+
+
+def test_silent_listener_is_device_timeout(identity: AdbIdentity) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(adb.DeviceTimeout):
+            adb.connect(adb.Target("tcp", address), identity=identity, timeout_s=0.5)
+
+
+def test_nothing_listening_is_device_offline(identity: AdbIdentity) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(adb.DeviceOffline):
+        adb.connect(adb.Target("tcp", f"127.0.0.1:{port}"), identity=identity, timeout_s=2)
+
+
+def test_usb_without_libusb_is_a_clear_error(identity: AdbIdentity) -> None:
+    from adb_shell import adb_device
+
+    if getattr(adb_device, "UsbTransport", None) is not None:
+        pytest.skip("adb-shell's USB transport is installed here")
+    with pytest.raises(adb.AdbError, match="libusb"):
+        adb.connect(adb.Target("usb", "0123456789ABCDEF"), identity=identity)
