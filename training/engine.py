@@ -512,7 +512,7 @@ def _commit(
             train_s=_phase_max(reported, "train_s"),
             pull_s=_phase_max(reported, "pull_s"),
             aggregate_s=aggregate_s,
-            wall_s=(now - rnd.started_at).total_seconds(),
+            wall_s=rnd.select_s + (now - rnd.started_at).total_seconds(),
             bytes_down=sum(r.bytes_down for r in results),
             bytes_up=sum(r.bytes_up for r in results),
         ):

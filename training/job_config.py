@@ -51,7 +51,7 @@ class JobConfig:
     clients_per_round: int = 10
     min_clients: int = 0  # 0 = derived: ceil(80% of clients_per_round)
     over_selection: float = 1.3
-    local_epochs: int = 2
+    local_epochs: int = 5
     batch_size: int = 10
     lr: float = 0.1
     round_deadline_s: float = 120.0

@@ -1,0 +1,182 @@
+"""A throwaway FedFleet lab for benchmarks: real Redis, real Celery workers, a virtual lab, a fresh
+SQLite database and data dir — the same processes `make demo` runs, torn down at the end.
+
+    with BenchLab(phones=20, profiles=None) as lab:
+        job = lab.run_job({...config...})          # blocks until the job ends
+        rows = lab.round_rows(job)
+
+The benchmark process itself uses Django against the same database to register phones, launch jobs and
+read the results, so figures come from the rows the platform recorded, not from a side channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO))
+
+from config.local_redis import free_port, start_local_redis  # noqa: E402
+
+
+class BenchLab:
+    def __init__(
+        self,
+        phones: int,
+        *,
+        profiles: Path | None = None,
+        seed: int = 1,
+        devices_concurrency: int | None = None,
+        training_concurrency: int = 2,
+        lab_args: list[str] | None = None,
+    ) -> None:
+        self.phones = phones
+        self.profiles = profiles
+        self.seed = seed
+        self.devices_concurrency = devices_concurrency or max(8, phones + 4)
+        self.training_concurrency = training_concurrency
+        self.lab_args = lab_args or []
+        self.work = Path(tempfile.mkdtemp(prefix="fedfleet-bench-"))
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.phone_lines: list[str] = []
+
+    # -------------------------------------------------------------------------------------- lifecycle
+    def __enter__(self) -> BenchLab:
+        self.redis = start_local_redis(self.work / "redis")
+        self.env = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE="config.settings",
+            DJANGO_DEBUG="1",
+            FEDFLEET_DATA_DIR=str(self.work / "data"),
+            DATABASE_URL=f"sqlite:///{self.work / 'db.sqlite3'}",
+            REDIS_URL=self.redis.url,
+            PYTHONUNBUFFERED="1",
+        )
+        os.environ.update({k: self.env[k] for k in ("DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "FEDFLEET_DATA_DIR",
+                                                     "DATABASE_URL", "REDIS_URL")})  # fmt: skip
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=self.env, check=True)
+        import django  # noqa: PLC0415
+
+        django.setup()
+        self._start_lab()
+        self._start("worker-devices", [str(BIN / "celery"), "-A", "config", "worker", "-Q", "devices", "-P",
+                                       "threads", "-c", str(self.devices_concurrency), "-n", "dev@%h",
+                                       "--without-gossip", "--without-mingle", "-l", "WARNING"])  # fmt: skip
+        self._start("worker-training", [str(BIN / "celery"), "-A", "config", "worker", "-Q", "training",
+                                        "-P", "prefork", "-c", str(self.training_concurrency), "-n",
+                                        "train@%h", "--without-gossip", "--without-mingle", "-l", "WARNING"])  # fmt: skip
+        self._start("beat", [str(BIN / "celery"), "-A", "config", "beat", "-l", "WARNING", "-s",
+                             str(self.work / "beat-schedule")])  # fmt: skip
+        self.register()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.redis.stop()
+
+    def _start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def _start_lab(self) -> None:
+        from devices.adb_identity import platform_identity  # noqa: PLC0415
+
+        keys = self.work / "adb_keys"
+        keys.write_text(platform_identity().public_key + "\n")
+        base_port = free_port_range(self.phones)
+        argv = [sys.executable, "-m", "devices.virtual", "--phones", str(self.phones), "--base-port",
+                str(base_port), "--keys", str(keys), "--seed", str(self.seed), "--lab-dir",
+                str(self.work / "lab"), *self.lab_args]  # fmt: skip
+        if self.profiles:
+            argv += ["--profiles", str(self.profiles)]
+        process = self._start("lab", argv)
+        log = self.work / "lab.log"
+        deadline = time.monotonic() + 120
+        while "READY" not in log.read_text(errors="replace"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"virtual lab did not start:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        self.phone_lines = [
+            line for line in log.read_text().splitlines() if len(line.split()) >= 3 and ":" in line.split()[1]
+        ]
+
+    def register(self) -> None:
+        from devices import tasks as device_tasks  # noqa: PLC0415
+        from devices.services import register_or_update_device  # noqa: PLC0415
+
+        for line in self.phone_lines:
+            serial, address = line.split()[:2]
+            device = register_or_update_device(
+                name=serial, transport="tcp", address=address, tags=["virtual"]
+            )
+            device_tasks.probe_device(device.pk)
+
+    # ---------------------------------------------------------------------------------------- jobs
+    def run_job(self, config: dict[str, Any], *, timeout_s: float = 3600) -> Any:
+        from django.contrib.auth import get_user_model  # noqa: PLC0415
+
+        from training.job_config import parse_job_config  # noqa: PLC0415
+        from training.models import Job  # noqa: PLC0415
+        from training.services import create_job  # noqa: PLC0415
+
+        owner, _ = get_user_model().objects.get_or_create(username="bench")
+        job = create_job(owner, parse_job_config(config))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = Job.objects.get(pk=job.pk)
+            if job.status in ("completed", "failed", "cancelled", "paused"):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job.pk} still {job.status} after {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+
+def free_port_range(count: int) -> int:
+    """A first port P with P..P+count-1 free, above adb's 5555-5585 scan range."""
+    import socket  # noqa: PLC0415
+
+    for _ in range(100):
+        first = free_port()
+        if first < 10000 or first + count > 65000:
+            continue
+        ok = True
+        for port in range(first, first + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return first
+    raise RuntimeError("no free port range")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def emit(result: dict[str, Any]) -> None:
+    print(json.dumps(result, indent=2, sort_keys=True), flush=True)

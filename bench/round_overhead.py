@@ -1,0 +1,89 @@
+"""Platform overhead per round: a FedAvg MLP job on digits over a virtual lab with real workers.
+
+    .venv/bin/python bench/round_overhead.py [--phones 20] [--per-round 10] [--rounds 10]
+
+Prints JSON: per-round wall time, the slowest phone's training time, the platform overhead (wall minus
+the slowest phone's training) as median and p95, its share of the round, the final accuracy, and the
+rounds to 90 % test accuracy. "Training" is what the agent measured around its SGD loop (result.json
+`train_time_s`); everything else in the round — selection, pushes, process start on the phone, data
+loading, pulls, validation, aggregation, evaluation, database and events — counts as overhead.
+Targets (issue #4): median overhead ≤ 1 s and ≤ 25 % of the round; ≥ 90 % accuracy within 30 rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import BenchLab, emit, percentile  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phones", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    with BenchLab(args.phones, seed=args.seed) as lab:
+        job = lab.run_job(
+            {
+                "name": "bench-round-overhead",
+                "dataset": "digits",
+                "partition": "iid",
+                "model": "mlp",
+                "algorithm": "fedavg",
+                "rounds": args.rounds,
+                "clients_per_round": args.per_round,
+                "seed": args.seed,
+            }
+        )
+        from training.models import ClientState, RoundStatus  # noqa: PLC0415
+
+        rounds = []
+        for rnd in job.rounds.filter(status=RoundStatus.COMMITTED).order_by("number"):
+            reported = list(rnd.client_results.filter(state=ClientState.REPORTED))
+            slowest_training = max(float(r.metrics.get("train_time_s", 0.0)) for r in reported)
+            slowest_command = max(r.train_s for r in reported)
+            rounds.append(
+                {
+                    "round": rnd.number,
+                    "wall_s": round(rnd.wall_s, 3),
+                    "slowest_training_s": round(slowest_training, 3),
+                    "slowest_agent_command_s": round(slowest_command, 3),
+                    "overhead_s": round(rnd.wall_s - slowest_training, 3),
+                    "select_s": round(rnd.select_s, 3),
+                    "push_s": round(rnd.push_s, 3),
+                    "pull_s": round(rnd.pull_s, 3),
+                    "aggregate_s": round(rnd.aggregate_s, 3),
+                    "accuracy": rnd.accuracy,
+                }
+            )
+        overheads = [r["overhead_s"] for r in rounds]
+        shares = [r["overhead_s"] / r["wall_s"] for r in rounds if r["wall_s"] > 0]
+        to_90 = next((r["round"] for r in rounds if (r["accuracy"] or 0) >= 0.9), None)
+        emit(
+            {
+                "benchmark": "round_overhead",
+                "job_status": job.status,
+                "phones": args.phones,
+                "per_round": args.per_round,
+                "rounds": rounds,
+                "overhead_median_s": round(statistics.median(overheads), 3) if overheads else None,
+                "overhead_p95_s": round(percentile(overheads, 0.95), 3) if overheads else None,
+                "overhead_share_median": round(statistics.median(shares), 3) if shares else None,
+                "wall_median_s": round(statistics.median(r["wall_s"] for r in rounds), 3) if rounds else None,
+                "final_accuracy": job.last_accuracy,
+                "rounds_to_90": to_90,
+                "targets": {"overhead_median_s": 1.0, "overhead_share": 0.25, "rounds_to_90_within": 30},
+            }
+        )
+
+
+if __name__ == "__main__":
+    main()
