@@ -7,6 +7,12 @@ Celery pointed at an in-memory broker and Channels at an in-memory layer -- so n
 publishes to a Redis that someone's `make demo` is using. The `redis_server` fixture replaces both with a
 real Redis started for the session on a free port.
 
+Users: make_user(username, group, password=..., for_subprocess=False) and the fixtures operator_user,
+viewer_user, operator_client, viewer_client (passwords hash with MD5 for speed; for_subprocess=True
+hashes with PBKDF2 so a Daphne child process can log the user in).
+
+Helpers: wait_until(condition, timeout_s=...), free_port(), free_port_range(n).
+
 Integration fixtures (session-scoped, started on first use):
   redis_server            -> "redis://127.0.0.1:<port>/0"; settings/Celery/Channels now use it
   subprocess_env          -> env for child processes: same Redis, same test database, same data dir
