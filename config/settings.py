@@ -174,7 +174,9 @@ CELERY_RESULT_BACKEND = REDIS_URL
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
+        # socket_timeout None: redis-py 8 times out reads after 5 s by default, while channels_redis blocks
+        # on reads while a websocket is idle, so every quiet dashboard was dropped every 5 s.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
     }
 }
 
