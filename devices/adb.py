@@ -142,6 +142,10 @@ def quote(arg: str) -> str:
     return shlex.quote(arg)
 
 
+_VERSION_CHECKSUMMED = 0x01000000
+_VERSION_SKIP_CHECKSUM = 0x01000001
+
+
 # --- fast transport -------------------------------------------------------------------------------
 def _checksum(data: bytes | bytearray | memoryview) -> int:
     if len(data) > 256:
@@ -217,6 +221,11 @@ class _Transport(TcpTransport):
 class _IOManager(adb_device._AdbIOManager):
     """adb-shell's packet I/O with a fast checksum and single-buffer payload reads (same wire format).
 
+    We announce protocol version 0x01000001 in CNXN, as Google's adb does, instead of adb-shell's
+    0x01000000: a phone that supports it (Android 9+, the virtual phones) then skips payload checksums
+    in both directions. With an older phone the connection stays on 0x01000000 and checksums are
+    computed and verified as before.
+
     Streams listed in `early_ack` (our sync streams) get their OKAY as soon as a WRTE's header has
     arrived, so the phone can send the next packet while this one is still being read: the phone's
     one-packet-in-flight window then never stalls on our side.
@@ -225,6 +234,12 @@ class _IOManager(adb_device._AdbIOManager):
     def __init__(self, transport: Any) -> None:
         super().__init__(transport)
         self.early_ack: set[int] = set()
+        self.version: int | None = None  # the phone's, known from its CNXN
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether payloads carry checksums; during the handshake we send them anyway (harmless)."""
+        return self.version is None or self.version < _VERSION_SKIP_CHECKSUM
 
     def _read_bytes_from_device(self, length: int, adb_info: Any) -> bytes:
         read_exactly = getattr(self._transport, "read_exactly", None)
@@ -245,14 +260,25 @@ class _IOManager(adb_device._AdbIOManager):
         if command == constants.WRTE and arg1 in self.early_ack:
             self._send(AdbMessage(constants.OKAY, arg1, arg0), adb_info)  # we hold the transport lock
         data = self._read_bytes_from_device(length, adb_info)
-        if _checksum(data) != check:
+        if command == constants.CNXN:
+            self.version = min(arg0, _VERSION_SKIP_CHECKSUM)
+            if arg0 >= _VERSION_SKIP_CHECKSUM:
+                return command, arg0, arg1, data
+        # Before the phone's CNXN its version is unknown: its AUTH token may come without a checksum.
+        must_verify = self.checksummed if self.version is not None else check != 0
+        if must_verify and _checksum(data) != check:
             raise adb_errors.InvalidChecksumError(f"checksum mismatch on {command!r}")
         return command, arg0, arg1, data
 
     def _send(self, msg: Any, adb_info: Any) -> None:
         data = msg.data or b""
+        arg0 = msg.arg0
+        if msg.command == constants.ID_TO_WIRE[constants.CNXN]:
+            arg0 = _VERSION_SKIP_CHECKSUM
+            self.version = None  # a new handshake
+        check = _checksum(data) if self.checksummed else 0
         header = struct.pack(
-            constants.MESSAGE_FORMAT, msg.command, msg.arg0, msg.arg1, len(data), _checksum(data), msg.magic
+            constants.MESSAGE_FORMAT, msg.command, arg0, msg.arg1, len(data), check, msg.magic
         )
         write_all = getattr(self._transport, "write_all", None)
         if write_all is not None:

@@ -24,7 +24,7 @@ from devices.virtual.runner import AgentLaunch, ProgramRunner, agent_environment
 from devices.virtual.sandbox import Sandbox, SandboxError
 from devices.virtual.shell import Output, Shell
 from devices.virtual.sync import SyncSession
-from devices.virtual.transport import AdbStream, DeviceConnection, ServiceHandler, StreamClosed
+from devices.virtual.transport import OUR_VERSION, AdbStream, DeviceConnection, ServiceHandler, StreamClosed
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class VirtualPhone:
         self.faults = FaultInjector(profile.faults, random.Random(phone_seed + 1))
         self.availability: AvailabilityModel = build_availability(profile.availability, phone_seed)
         self.battery = Battery(profile.battery)
+        self.protocol_version = OUR_VERSION  # set 0x01000000 to act as an old adbd that checksums payloads
         self.forced_online: bool | None = None  # set by the lab's owner (tests, demos) to override the model
         self.online = False
         self.agents_running = 0
@@ -207,7 +208,13 @@ class VirtualPhone:
         if not self.online:
             writer.transport.abort()
             return
-        connection = DeviceConnection(reader, writer, self, bandwidth_bps=self.faults.profile.bandwidth_bps)
+        connection = DeviceConnection(
+            reader,
+            writer,
+            self,
+            bandwidth_bps=self.faults.profile.bandwidth_bps,
+            max_version=self.protocol_version,
+        )
         self._connections.add(connection)
         try:
             await connection.serve()

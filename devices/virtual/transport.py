@@ -172,11 +172,13 @@ class DeviceConnection:
         phone: ServiceHost,
         *,
         bandwidth_bps: float = 0.0,
+        max_version: int = OUR_VERSION,
     ) -> None:
         self._reader = reader
         self._writer = writer
         self._phone = phone
-        self.version = OUR_VERSION
+        self._max_version = max_version  # 0x01000000 behaves like a pre-Android-9 adbd (checksums)
+        self.version = max_version
         self.max_payload = MAX_PAYLOAD_LEGACY
         self._negotiated = False
         self.authorized = False
@@ -292,7 +294,7 @@ class DeviceConnection:
     def _on_cnxn(self, packet: Packet) -> None:
         if packet.arg0 < VERSION_SKIP_CHECKSUM and not checksum_ok(packet):
             raise MalformedPacket("checksum mismatch on CNXN")
-        self.version = min(packet.arg0, OUR_VERSION)
+        self.version = min(packet.arg0, self._max_version)
         self.max_payload = max(min(packet.arg1, MAX_PAYLOAD), MAX_PAYLOAD_LEGACY)
         self._negotiated = True
         for stream in list(self._streams.values()):  # a new CNXN restarts the session

@@ -354,3 +354,28 @@ def test_usb_without_libusb_is_a_clear_error(identity: AdbIdentity) -> None:
         pytest.skip("adb-shell's USB transport is installed here")
     with pytest.raises(adb.AdbError, match="libusb"):
         adb.connect(adb.Target("usb", "0123456789ABCDEF"), identity=identity)
+
+
+@pytest.mark.parametrize("version", [0x01000000, 0x01000001])
+def test_both_protocol_versions(lab: LabThread, identity: AdbIdentity, tmp_path: Path, version: int) -> None:
+    """0x01000000 (an old adbd) checksums every payload, 0x01000001 does not; both must work both ways."""
+
+    async def set_version(lab_: VirtualLab) -> None:
+        lab_.phone("vt-faulty").protocol_version = version
+
+    lab.call(set_version)
+    try:
+        source = tmp_path / "v.bin"
+        source.write_bytes(os.urandom(3 * 1024 * 1024))
+        with connect(by_serial(lab, "vt-faulty"), identity) as connection:
+            assert connection._device._io_manager.version == version
+            connection.push(source, "/data/local/tmp/v.bin")
+            connection.pull("/data/local/tmp/v.bin", tmp_path / "back.bin")
+            assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+            assert connection.run("echo checked") == "checked\n"
+    finally:
+
+        async def restore(lab_: VirtualLab) -> None:
+            lab_.phone("vt-faulty").protocol_version = 0x01000001
+
+        lab.call(restore)
