@@ -205,8 +205,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     django_settings.CELERY_RESULT_BACKEND = url
     django_settings.REDIS_URL = url
     _point_celery_at(url, url)
+    # Same options as config/settings.py (no socket timeout: idle websockets must not be dropped).
+    layer_hosts = [{"address": url, "socket_timeout": None}]
     _point_channels_at(
-        {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}}
+        {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": layer_hosts}}}
     )
     try:
         yield url
