@@ -1,0 +1,82 @@
+"""End to end in Debian's chromium: log in, launch a federated job from the form, and watch the accuracy
+chart gain points on the live dashboard without reloading. Saves test-artifacts/job_dashboard.png."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from accounts.roles import OPERATORS
+from devices import tasks as device_tasks
+from devices.models import DeviceStatus
+from devices.services import register_or_update_device
+from tests.conftest import REPO, make_user
+from tests.devices.test_browser import browser  # noqa: F401, F811 - the chromium fixture, shared
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+
+LIVE_TIMEOUT_MS = 120_000
+ARTIFACTS = REPO / "test-artifacts"
+CHART_POINTS = "document.getElementById('chart-accuracy_loss').data?.[0]?.x?.length ?? 0"
+
+
+@pytest.fixture
+def lab_ready(transactional_db: None, virtual_phones: Any) -> Any:
+    """An operator and four online phones tagged `browser-job`, set up before the browser starts
+    (Playwright's sync API runs an event loop in this thread, where Django refuses ORM calls)."""
+    lab = virtual_phones(4, seed=51)
+    for index, phone in enumerate(lab.phones):
+        device = register_or_update_device(
+            name=f"bj-{index}", transport="tcp", address=phone.address, tags=["browser-job"]
+        )
+        assert device_tasks.probe_device(device.pk) == DeviceStatus.ONLINE
+    return make_user("job-op", OPERATORS, password="job-pass-1", for_subprocess=True)
+
+
+def test_launch_a_job_and_watch_accuracy_grow(
+    lab_ready: Any,
+    daphne_server: str,
+    celery_worker: Any,
+    browser: Any,  # noqa: F811
+) -> None:
+    from playwright.sync_api import expect
+
+    context = browser.new_context(base_url=daphne_server, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(LIVE_TIMEOUT_MS)
+    page.goto("/jobs/new/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    page.fill("#id_username", "job-op")
+    page.fill("#id_password", "job-pass-1")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs/new/$"))
+
+    page.fill("#id_name", "browser job")
+    page.fill("#id_rounds", "0")
+    page.fill("#id_clients_per_round", "3")
+    page.fill("#id_device_tags", "browser-job")
+    page.click("#job-form button[type=submit]")
+    expect(page.locator("[data-testid=error-rounds]")).to_be_visible()  # the error lands on its field
+
+    page.fill("#id_rounds", "4")
+    page.fill("#id_local_epochs", "2")
+    page.click("#job-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
+    expect(page.locator("#live-indicator")).to_have_class(re.compile(r"\bconnected\b"))
+    page.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
+
+    page.wait_for_function(f"{CHART_POINTS} >= 1")
+    first = page.evaluate(CHART_POINTS)
+    page.wait_for_function(f"{CHART_POINTS} > {first}")  # the chart gained a point, live
+    page.wait_for_function(f"{CHART_POINTS} >= 4")
+    expect(page.locator("#job-status")).to_have_text("Completed", timeout=LIVE_TIMEOUT_MS)
+    expect(page.locator("#round-progress-label")).to_contain_text("4 / 4", timeout=LIVE_TIMEOUT_MS)
+    assert page.evaluate("window.__sameDocument") is True
+    accuracy = page.evaluate("document.getElementById('chart-accuracy_loss').data[0].y.at(-1)")
+    assert accuracy > 0.6
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "job_dashboard.png"), full_page=True)
+    context.close()
