@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Re-install when a requirements file changes (the stamp is older than it).
 STAMP  := $(VENV)/.installed
+# Development settings for everything make runs (config/settings.py fails closed without them).
+export DJANGO_DEBUG ?= 1
 
 .PHONY: demo test lint typecheck check pytest test-integration venv clean
 

@@ -1,7 +1,7 @@
 """FedFleet settings: everything that differs between machines comes from the environment (config/env.py).
 
 Variables (all optional for development; a deployment sets DJANGO_DEBUG=0 and DJANGO_SECRET_KEY):
-  DJANGO_DEBUG            1/0, default 1 (the development default; docker-compose sets 0)
+  DJANGO_DEBUG            1/0, default 0 (fail closed); `make` targets and the test session set 1
   DJANGO_SECRET_KEY       required when DEBUG is off; in DEBUG a key is generated once under the data dir
   DJANGO_ALLOWED_HOSTS    comma-separated, default localhost,127.0.0.1,[::1] (+ testserver in DEBUG)
   DJANGO_CSRF_TRUSTED_ORIGINS  comma-separated origins (scheme://host:port) behind a proxy
@@ -29,7 +29,7 @@ from config.env import env_bool, env_int, env_list, env_optional_str, env_path, 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # --- core -----------------------------------------------------------------------------------------------
-DEBUG = env_bool("DJANGO_DEBUG", True)
+DEBUG = env_bool("DJANGO_DEBUG", False)
 FEDFLEET_DATA_DIR = env_path("FEDFLEET_DATA_DIR", BASE_DIR / "var")
 
 _secret_key = env_optional_str("DJANGO_SECRET_KEY")

@@ -53,9 +53,11 @@ def announce_when_up(password: str) -> None:
         except OSError:
             time.sleep(0.5)
     bar = "=" * 64
-    print(f"\n{bar}\n  FedFleet lab is up:  {url}\n  login: demo   password: {password}\n"
-          f"  {PHONES} virtual phones are registering in the fleet.  Ctrl-C stops everything.\n{bar}\n",
-          flush=True)
+    print(
+        f"\n{bar}\n  FedFleet lab is up:  {url}\n  login: demo   password: {password}\n"
+        f"  {PHONES} virtual phones are registering in the fleet.  Ctrl-C stops everything.\n{bar}\n",
+        flush=True,
+    )
 
 
 def main() -> int:
