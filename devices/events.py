@@ -9,14 +9,9 @@ its websocket reconnects.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-from django.db import transaction
-
-log = logging.getLogger(__name__)
+from config.broadcast import broadcast_on_commit
 
 FLEET_GROUP = "fleet"
 # The channel-layer message type: the consumer's handler is FleetConsumer.fleet_event.
@@ -26,19 +21,8 @@ FLEET_EVENT_TYPES = frozenset(
 )
 
 
-def _send_now(event: dict[str, Any]) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(FLEET_GROUP, {"type": FLEET_MESSAGE_TYPE, "event": event})
-    except Exception:  # noqa: BLE001 - a lost live event must never undo a committed write
-        log.warning("could not broadcast %s", event.get("type"), exc_info=True)
-
-
 def send_fleet_event(event_type: str, **payload: Any) -> None:
     """Queue an event for the fleet group, sent when the current transaction commits."""
     if event_type not in FLEET_EVENT_TYPES:
         raise ValueError(f"unknown fleet event type {event_type!r}")
-    event = {"type": event_type, **payload}
-    transaction.on_commit(lambda: _send_now(event))
+    broadcast_on_commit(FLEET_GROUP, FLEET_MESSAGE_TYPE, {"type": event_type, **payload})

@@ -38,7 +38,10 @@ def telemetry(level: int = 50, charging: bool = False) -> Telemetry:
 def events(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Fleet events in the order they would be broadcast (after commit)."""
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr("devices.events._send_now", sent.append)
+    monkeypatch.setattr(
+        "config.broadcast._send_now",
+        lambda group, message: group == "fleet" and sent.append(message["event"]),
+    )
     return sent
 
 
