@@ -27,12 +27,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_lab_arguments(parser)
         parser.add_argument("--register", action="store_true", help="create or update a Device per phone")
+        parser.add_argument(
+            "--advertise-host",
+            default="",
+            help="host name the platform should use to reach the phones when registering them (default: the"
+            " listening address; docker-compose uses the lab's service name)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         namespace = argparse.Namespace(**options)
         default_keys = None if namespace.keys else platform_identity().public_key_path
         try:
             config = config_from_args(namespace, default_keys=default_keys, data_dir=data_dir())
+            self.advertise_host = namespace.advertise_host
             on_started = self._register if namespace.register else None
             serve_until_signal(config, self._write_line, on_started=on_started)
         except (LabError, ProfileError) as exc:
@@ -53,7 +60,7 @@ class Command(BaseCommand):
             register_or_update_device(
                 name=endpoint.serial,
                 transport="tcp",
-                address=endpoint.address,
+                address=f"{self.advertise_host}:{endpoint.port}" if self.advertise_host else endpoint.address,
                 tags=["virtual"],
                 agent_python="python3",
                 work_dir=VIRTUAL_WORK_DIR,
