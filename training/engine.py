@@ -331,6 +331,8 @@ def base_agent_config(config: JobConfig) -> dict[str, Any]:
         "epochs": config.local_epochs,
         "batch_size": config.batch_size,
         "seed": config.seed,
+        # Model replacement's default boost γ = clients per round / server lr (misbehaviour.py) reads it.
+        "clients_per_round": config.clients_per_round,
         **{k: v for k, v in config.algorithm_params.items()},
         "deadline_s": max(1.0, config.round_deadline_s * 0.9),
     }
