@@ -94,6 +94,13 @@ class Participant(models.Model):
     rounds_reported = models.PositiveIntegerField(default=0)
     excluded = models.BooleanField(default=False)
     excluded_reason = models.CharField(max_length=200, blank=True)
+    # The current exclusion (its full history is in Exclusion rows): when, after which round, by whom.
+    excluded_at = models.DateTimeField(null=True, blank=True)
+    excluded_round = models.PositiveIntegerField(null=True, blank=True)
+    excluded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    excluded_auto = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["client_index"]
@@ -298,4 +305,155 @@ class JobLogEntry(models.Model):
             "level": self.level,
             "round": self.round_number,
             "message": self.message,
+        }
+
+
+# ------------------------------------------------------------------------------- client influence
+# Fed-Influence (ALGORITHMS.md §5) per committed round, computed by training/analysis/ in the training
+# queue. The tracker's own state (ε per client) is a safetensors file under the job dir
+# (storage.influence_state_path); these rows are its per-round projection for the dashboard and exports.
+
+
+class ClientInfluence(models.Model):
+    """One client's cumulative influence after one committed round (ε_t: the client removed from every
+    round so far). Signs: loss > 0 means the test loss would rise without the client (it helps);
+    accuracy > 0 means the accuracy would rise without it (it harms)."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="influences")
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    round_number = models.PositiveIntegerField()
+    selected = models.BooleanField(default=False)  # its update entered this round
+    loss = models.FloatField(null=True, blank=True)  # L(w_t + ε_t) − L(w_t) on the test set
+    loss_first_order = models.FloatField()  # ∇L(w_t)ᵀ ε_t
+    round_loss_first_order = models.FloatField(default=0.0)  # this round's own term δ_t, first order
+    params_norm = models.FloatField()  # ‖ε_t‖
+    accuracy = models.FloatField(null=True, blank=True)  # acc(w_t + ε_t) − acc(w_t)
+    truncated = models.BooleanField(default=False)  # some layer uses the truncated estimator (δ only)
+
+    class Meta:
+        ordering = ["round_number", "device_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "round_number", "device"], name="influence_unique"),
+        ]
+        indexes = [models.Index(fields=["job", "round_number"])]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} round {self.round_number} device {self.device_id}: {self.loss}"
+
+
+class RoundAnalysis(models.Model):
+    """What the analysis of one committed round cost and found (influence cost, attack success rate).
+    Its existence marks the round as analysed: re-running the analysis is a no-op."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="round_analyses")
+    round_number = models.PositiveIntegerField()
+    influence = models.BooleanField(default=False)  # influence was estimated for this round
+    seconds = models.FloatField(default=0.0)  # the influence estimate's wall time
+    fisher_products = models.PositiveIntegerField(default=0)
+    per_sample_gradients = models.PositiveIntegerField(default=0)
+    segments = models.PositiveIntegerField(default=0)
+    evaluations = models.PositiveIntegerField(default=0)
+    baseline_loss = models.FloatField(null=True, blank=True)
+    baseline_accuracy = models.FloatField(null=True, blank=True)
+    attack_success_rate = models.FloatField(null=True, blank=True)  # the job's declared backdoor test
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["round_number"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "round_number"], name="round_analysis_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} round {self.round_number} analysis"
+
+
+class ExclusionAction(models.TextChoices):
+    EXCLUDE = "exclude", "Excluded"
+    INCLUDE = "include", "Included again"
+
+
+class Exclusion(models.Model):
+    """Every exclusion and re-inclusion of a phone from a job: when, after which round, why, by whom."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="exclusions")
+    participant = models.ForeignKey(Participant, on_delete=models.CASCADE, related_name="exclusions")
+    action = models.CharField(max_length=8, choices=ExclusionAction.choices)
+    at = models.DateTimeField(auto_now_add=True)
+    round_number = models.PositiveIntegerField()  # the last committed round when it happened
+    reason = models.CharField(max_length=200)
+    by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    auto = models.BooleanField(default=False)  # decided by the job's automatic exclusion rule
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.action} {self.participant_id} after round {self.round_number}"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "device": self.participant.device_id,
+            "device_name": self.participant.device.name,
+            "action": self.action,
+            "at": self.at.isoformat(),
+            "round": self.round_number,
+            "reason": self.reason,
+            "by": self.by.get_username() if self.by else None,
+            "auto": self.auto,
+        }
+
+
+class AnalysisStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class AnalysisKind(models.TextChoices):
+    EXACT_LOO = "exact_loo", "Exact leave-one-out"
+
+
+class AnalysisRun(models.Model):
+    """An on-demand background analysis (the exact leave-one-out replay), shown with its progress."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="analysis_runs")
+    kind = models.CharField(max_length=16, choices=AnalysisKind.choices, default=AnalysisKind.EXACT_LOO)
+    status = models.CharField(max_length=10, choices=AnalysisStatus.choices, default=AnalysisStatus.QUEUED)
+    progress = models.FloatField(default=0.0)  # 0..1
+    message = models.CharField(max_length=300, blank=True)
+    params = models.JSONField(default=dict)  # e.g. the round it replays up to
+    result = models.JSONField(default=dict)
+    error = models.TextField(blank=True)
+    cost_seconds = models.FloatField(default=0.0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.kind} #{self.pk}: {self.status}"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.pk,
+            "kind": self.kind,
+            "status": self.status,
+            "progress": self.progress,
+            "message": self.message,
+            "params": self.params,
+            "result": self.result,
+            "error": self.error,
+            "cost_seconds": self.cost_seconds,
+            "requested_by": self.requested_by.get_username() if self.requested_by else None,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
