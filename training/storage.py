@@ -7,6 +7,7 @@ Server, under FEDFLEET_DATA_DIR/jobs/<job>/:
     rounds/<n>.<attempt>/<device>/           what was pushed (global.safetensors, config.json) and what
                                              was pulled (update.safetensors, result.json)
     model-round-<n>.safetensors              the global model alone, for export
+    analysis/influence.safetensors           the client-influence tracker's state (training/analysis/)
 Phone, under the device's work dir (default /data/local/tmp/fedfleet/):
     agent.pyz, jobs/<job>/shard.safetensors, jobs/<job>/state/ (client state, e.g. SCAFFOLD's c_i),
     jobs/<job>/round-<n>.<attempt>/ (deleted after the round)
@@ -54,6 +55,16 @@ def model_export_path(job_id: int, round_no: int) -> Path:
 
 def client_round_dir(job_id: int, round_no: int, attempt: int, device_id: int) -> Path:
     return job_dir(job_id) / "rounds" / f"{int(round_no)}.{int(attempt)}" / str(int(device_id))
+
+
+def analysis_dir(job_id: int) -> Path:
+    """Server-side analyses of the job (client influence): files only the training queue writes."""
+    return job_dir(job_id) / "analysis"
+
+
+def influence_state_path(job_id: int) -> Path:
+    """The Fed-Influence tracker's state (ε per client, records, costs): safetensors + JSON metadata."""
+    return analysis_dir(job_id) / "influence.safetensors"
 
 
 def save_checkpoint(job_id: int, round_no: int, state: ServerState, info: dict[str, Any]) -> None:
