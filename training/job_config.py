@@ -26,6 +26,14 @@ PARTITIONS = {
     "natural": "Natural (the data set's own devices)",
 }
 TAG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+# Client influence (ALGORITHMS.md §5) models FedAvg-style rounds: uploads are model deltas averaged by
+# sample count. SCAFFOLD's and FedLaAvg's uploads are not (control variates, latest gradients).
+INFLUENCE_MODES = {
+    "auto": "Auto (on for FedAvg/FedProx with a small model)",
+    "on": "On",
+    "off": "Off",
+}
+INFLUENCE_ALGORITHMS = ("fedavg", "fedprox")
 
 
 class JobConfigError(ValueError):
@@ -60,6 +68,19 @@ class JobConfig:
     require_charging: bool = False
     device_tags: tuple[str, ...] = ()
     seed: int = 1
+    # Client influence, analysed in the training queue after each committed round (training/analysis/).
+    influence: str = "auto"
+    influence_budget: int = 0  # max Fisher products per round; 0 = one Fisher sample per local step
+    # Automatic exclusion of clients whose cumulative influence on the test loss is negative.
+    auto_exclude: bool = False
+    exclude_warmup_rounds: int = 5  # no automatic exclusion before this many rounds have committed
+    exclude_max_fraction: float = 0.3  # at most this share of the job's phones may be excluded
+    exclude_min_remaining: int = 0  # phones that must stay in; 0 = derived: clients per round
+    # A declared backdoor test: attack success rate on the test set with this trigger, every round.
+    backdoor_test: bool = False
+    backdoor_target: int = 0
+    backdoor_trigger_size: int = 2
+    backdoor_trigger_value: float = 1.0
 
     @property
     def min_reports(self) -> int:
@@ -70,6 +91,11 @@ class JobConfig:
     @property
     def selection_count(self) -> int:
         return math.ceil(self.clients_per_round * self.over_selection)
+
+    @property
+    def influence_floor(self) -> int:
+        """Phones that automatic exclusion must leave in the job."""
+        return max(self.exclude_min_remaining or self.clients_per_round, self.min_reports)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -88,11 +114,18 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "min_battery": (0, 100),
     "seed": (0, 2**31 - 1),
     "data_seed": (0, 2**31 - 1),
+    "influence_budget": (0, 100_000_000),
+    "exclude_warmup_rounds": (0, 10_000),
+    "exclude_min_remaining": (0, 10_000),
+    "backdoor_target": (0, 9_999),
+    "backdoor_trigger_size": (1, 64),
 }
 _FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "over_selection": (1.0, 3.0),
     "lr": (1e-6, 10.0),
     "round_deadline_s": (1.0, 24 * 3600.0),
+    "exclude_max_fraction": (0.01, 0.9),
+    "backdoor_trigger_value": (-1e6, 1e6),
 }
 _CHOICES = {
     "dataset": dataset_names,
@@ -100,7 +133,9 @@ _CHOICES = {
     "algorithm": lambda: list(STRATEGY_NAMES),
     "aggregator": lambda: list(AGGREGATOR_NAMES),
     "partition": lambda: list(PARTITIONS),
+    "influence": lambda: list(INFLUENCE_MODES),
 }
+_BOOLEANS = frozenset({"require_charging", "auto_exclude", "backdoor_test"})
 
 
 def _as_int(value: Any) -> int:
@@ -193,7 +228,7 @@ def parse_job_config(data: Mapping[str, Any]) -> JobConfig:
                 values[name] = raw
             elif name == "partition_param":
                 values[name] = None if raw in (None, "") else _as_float(raw)
-            elif name == "require_charging":
+            elif name in _BOOLEANS:
                 values[name] = _as_bool(raw)
             elif name == "device_tags":
                 values[name] = _parse_tags(raw)
@@ -252,3 +287,39 @@ def _check_consistency(config: JobConfig, errors: dict[str, str]) -> None:
         errors["partition_param"] = "k must be a whole number ≥ 1"
     if config.partition == "natural" and config.dataset != "synthetic":
         errors["partition"] = "the natural partition needs a data set with its own devices (synthetic)"
+    _check_influence(config, errors)
+
+
+def _check_influence(config: JobConfig, errors: dict[str, str]) -> None:
+    """The client-influence, exclusion and backdoor-test options against the rest of the job."""
+    supported = config.algorithm in INFLUENCE_ALGORITHMS
+    if config.influence == "on" and not supported:
+        errors["influence"] = (
+            f"influence estimation models FedAvg-style rounds ({', '.join(INFLUENCE_ALGORITHMS)}); "
+            f"{config.algorithm}'s uploads are not plain model deltas"
+        )
+    if config.auto_exclude:
+        if config.influence == "off" or not supported:
+            errors["auto_exclude"] = (
+                "automatic exclusion needs client influence (influence auto or on, FedAvg or FedProx)"
+            )
+        elif config.exclude_warmup_rounds >= config.rounds:
+            errors["exclude_warmup_rounds"] = f"the warm-up must end before the last round ({config.rounds})"
+    if config.exclude_min_remaining and config.exclude_min_remaining < config.min_reports:
+        errors["exclude_min_remaining"] = (
+            f"must keep at least the minimum clients per round ({config.min_reports}), or 0 for the default"
+        )
+    if config.backdoor_test:
+        classes = _dataset_classes(config)
+        if classes is not None and config.backdoor_target >= classes:
+            errors["backdoor_target"] = f"{config.dataset} has classes 0 to {classes - 1}"
+
+
+def _dataset_classes(config: JobConfig) -> int | None:
+    """The data set's class count (None when its parameters are wrong: that error is reported already)."""
+    from training.fl.datasets import load_dataset  # noqa: PLC0415 - loads data: only for a backdoor test
+
+    try:
+        return load_dataset(config.dataset, seed=config.data_seed, **config.dataset_params).num_classes
+    except (TypeError, ValueError):
+        return None
