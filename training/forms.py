@@ -22,7 +22,14 @@ from training.fl.datasets import DATASET_LOADERS, dataset_names
 from training.fl.nets import model_names
 from training.fl.registry import STRATEGIES
 from training.fl.robust import AGGREGATORS
-from training.job_config import DEFAULTS, PARTITIONS, JobConfig, JobConfigError, parse_job_config
+from training.job_config import (
+    DEFAULTS,
+    INFLUENCE_MODES,
+    PARTITIONS,
+    JobConfig,
+    JobConfigError,
+    parse_job_config,
+)
 
 PARAM_KINDS = ("dataset", "algorithm", "aggregator")
 # Parameters that are set elsewhere in the form (the seed, the aggregator) or are not plain values.
@@ -54,6 +61,21 @@ FIELD_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Rounds", ("rounds", "clients_per_round", "min_clients", "over_selection", "round_deadline_s")),
     ("Local training", ("local_epochs", "batch_size", "lr", "seed")),
     ("Phones", ("max_phones", "min_battery", "require_charging", "device_tags")),
+    (
+        "Client influence and attacks",
+        (
+            "influence",
+            "influence_budget",
+            "auto_exclude",
+            "exclude_warmup_rounds",
+            "exclude_max_fraction",
+            "exclude_min_remaining",
+            "backdoor_test",
+            "backdoor_target",
+            "backdoor_trigger_size",
+            "backdoor_trigger_value",
+        ),
+    ),
 )
 
 
@@ -180,6 +202,43 @@ class JobForm(forms.Form):
         required=False,
         label="Device tags",
         help_text="Comma-separated; a phone must carry every tag (letters, digits, '_', '.', '-').",
+    )
+
+    influence = forms.ChoiceField(
+        choices=list(INFLUENCE_MODES.items()),
+        label="Client influence",
+        help_text="Fed-Influence after every round: which phones help or hurt the model. Auto = on for "
+        "FedAvg/FedProx with a small model (≤ 20,000 parameters, e.g. logistic regression).",
+    )
+    influence_budget = forms.IntegerField(
+        label="Influence budget (Fisher products per round)",
+        help_text="Caps the estimate's cost per round; 0 = one Fisher sample per local step.",
+    )
+    auto_exclude = forms.BooleanField(
+        required=False,
+        label="Exclude harmful phones automatically",
+        help_text="After the warm-up, phones whose cumulative influence on the test loss is negative "
+        "are no longer selected (each exclusion is logged and marked on the accuracy chart).",
+    )
+    exclude_warmup_rounds = forms.IntegerField(label="Warm-up rounds", help_text="No exclusion before this.")
+    exclude_max_fraction = forms.FloatField(
+        label="Max share excluded", help_text="At most this fraction of the job's phones (0.3 = 30%)."
+    )
+    exclude_min_remaining = forms.IntegerField(
+        label="Phones that must remain", help_text="0 = clients per round."
+    )
+    backdoor_test = forms.BooleanField(
+        required=False,
+        label="Declare a backdoor test",
+        help_text="Plot the attack success rate per round: test samples stamped with the trigger that "
+        "the model labels as the target class.",
+    )
+    backdoor_target = forms.IntegerField(label="Backdoor target class")
+    backdoor_trigger_size = forms.IntegerField(
+        label="Trigger size (pixels)", help_text="A square in the bottom-right corner."
+    )
+    backdoor_trigger_value = forms.FloatField(
+        label="Trigger value", help_text="Pixel value of the trigger (digits are scaled to 0–1)."
     )
 
     def __init__(self, *args: Any, initial_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
