@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from devices.virtual.battery import HEALTH_GOOD, BatteryState
 from devices.virtual.profile import PhoneProfile
+from devices.virtual.scenarios import AVAILABILITY_PROPERTY, describe_availability
 
 
 def system_properties(profile: PhoneProfile) -> dict[str, str]:
@@ -31,6 +32,8 @@ def system_properties(profile: PhoneProfile) -> dict[str, str]:
         "ro.debuggable": "0",
         "sys.boot_completed": "1",
         "persist.sys.timezone": "UTC",
+        # Not an Android property: the lab tells the platform which availability model drives this phone.
+        AVAILABILITY_PROPERTY: describe_availability(profile.availability),
     }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devices.virtual.lab import DEFAULT_BASE_PORT, LabConfig, LabThread, PhoneEndpoint
+from devices.virtual.scenarios import add_scenario_arguments, hold_from_args, scenario_from_args
 
 
 def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,7 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-zygote", action="store_true", help="start a fresh interpreter per agent run (slower)"
     )
+    add_scenario_arguments(parser)
 
 
 def default_data_dir() -> Path:
@@ -45,6 +47,8 @@ def config_from_args(args: argparse.Namespace, *, default_keys: Path | None, dat
         profiles_file=args.profiles,
         seed=args.seed,
         use_zygote=not args.no_zygote,
+        scenario=scenario_from_args(args),
+        hold_online_s=hold_from_args(args),
     )
 
 
@@ -61,6 +65,13 @@ def serve_until_signal(
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     lab = LabThread(config)
+
+    def start_scenario(*_: object) -> None:
+        if config.hold_online_s is not None:
+            lab.release_hold_soon()
+            write("SCENARIO STARTED")
+
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, start_scenario)
     try:
         endpoints = lab.start()
         if on_started is not None:

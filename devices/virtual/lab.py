@@ -20,6 +20,7 @@ from devices.virtual.auth import KeyStore
 from devices.virtual.phone import VirtualPhone
 from devices.virtual.profile import PhoneProfile, load_profiles
 from devices.virtual.runner import ProgramRunner, SubprocessRunner
+from devices.virtual.scenarios import Scenario, apply_scenario
 from devices.virtual.zygote import ZygoteRunner
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class LabConfig:
     seed: int = 0
     use_zygote: bool = True
     tick_s: float = 0.2  # how often availability is re-evaluated
+    scenario: Scenario | None = None  # replaces every profile's availability model (scenarios.py)
+    # Hold every phone online for this many seconds (math.inf: until release_hold()), then start the
+    # availability clock at 0 -- so a job can be prepared on every phone before the scenario begins.
+    hold_online_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,14 @@ class VirtualLab:
         self.phones: list[VirtualPhone] = []
         self.runner: ProgramRunner = SubprocessRunner()
         self._ticker: asyncio.Task[None] | None = None
+        self._holding = False
 
     def profiles(self) -> list[PhoneProfile]:
         if self.config.profiles:
-            return list(self.config.profiles)
-        return load_profiles(self.config.profiles_file, self.config.phones)
+            profiles = list(self.config.profiles)
+        else:
+            profiles = load_profiles(self.config.profiles_file, self.config.phones)
+        return apply_scenario(profiles, self.config.scenario)
 
     async def start(self) -> list[PhoneEndpoint]:
         profiles = self.profiles()
@@ -95,6 +103,7 @@ class VirtualLab:
         if self.config.use_zygote:
             self.runner = ZygoteRunner()  # started on the first agent run
         started_at = time.monotonic()
+        self._holding = self.config.hold_online_s is not None
         for index, profile in enumerate(profiles):
             self.phones.append(
                 VirtualPhone(
@@ -110,6 +119,9 @@ class VirtualLab:
                     started_at=started_at,
                 )
             )
+        if self._holding:
+            for phone in self.phones:
+                phone.forced_online = True
         try:
             for phone in self.phones:
                 await phone.start()
@@ -131,8 +143,30 @@ class VirtualLab:
                 return phone
         raise KeyError(serial)
 
+    @property
+    def holding(self) -> bool:
+        """True while every phone is held online and the availability clock has not started."""
+        return self._holding
+
+    async def release_hold(self) -> bool:
+        """End the hold: the availability models take over with t = 0 now. False if nothing was held."""
+        if not self._holding:
+            return False
+        self._holding = False
+        now = time.monotonic()
+        for phone in self.phones:
+            phone.restart_availability_clock(now)
+            phone.forced_online = None
+        for phone in self.phones:
+            await phone.apply_availability()
+        log.info("availability scenario started")
+        return True
+
     async def _tick(self) -> None:
+        hold_ends = time.monotonic() + (self.config.hold_online_s or 0.0)
         while True:
+            if self._holding and time.monotonic() >= hold_ends:
+                await self.release_hold()
             for phone in self.phones:
                 try:
                     await phone.apply_availability()
@@ -204,6 +238,11 @@ class LabThread:
             return await action(self.lab)
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout_s)
+
+    def release_hold_soon(self) -> None:
+        """Start the availability scenario without waiting (safe from a signal handler)."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.lab.release_hold(), self._loop)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():

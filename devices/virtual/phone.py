@@ -166,6 +166,10 @@ class VirtualPhone:
     def lab_time(self) -> float:
         return time.monotonic() - self._started_at
 
+    def restart_availability_clock(self, started_at: float) -> None:
+        """Make `started_at` (time.monotonic()) the availability model's t = 0 (the lab's hold ended)."""
+        self._started_at = started_at
+
     def should_be_online(self, t: float | None = None) -> bool:
         if self.forced_online is not None:
             return self.forced_online
