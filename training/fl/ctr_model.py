@@ -14,7 +14,8 @@ else is dense and always travels whole.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -61,6 +62,34 @@ class CTRSamples:
             raise ValueError("malformed CTR samples: " + "; ".join(problems))
         return samples
 
+    def to_xy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pack into the (x, y) shard every client algorithm receives: x = int64 [n, 2L + 2] holding
+        history | history_category | candidate | category, y = int64 click labels."""
+        x = torch.cat(
+            [self.history, self.history_category, self.candidate[:, None], self.category[:, None]], 1
+        )
+        return x.contiguous(), self.label.round().to(torch.int64)
+
+    @classmethod
+    def from_xy(cls, x: torch.Tensor, y: torch.Tensor) -> CTRSamples:
+        """Inverse of `to_xy` (checks the packing)."""
+        if x.dtype != torch.int64 or x.dim() != 2 or x.shape[1] < 4 or x.shape[1] % 2 != 0:
+            raise ValueError(f"packed CTR samples must be int64 [n, 2L + 2], got {x.dtype} {tuple(x.shape)}")
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"labels must be [n] with n={x.shape[0]}, got {tuple(y.shape)}")
+        length = (x.shape[1] - 2) // 2
+        samples = cls(
+            history=x[:, :length],
+            history_category=x[:, length : 2 * length],
+            candidate=x[:, 2 * length],
+            category=x[:, 2 * length + 1],
+            label=y.to(torch.float32),
+        )
+        problems = samples.problems()
+        if problems:
+            raise ValueError("malformed CTR samples: " + "; ".join(problems))
+        return samples
+
     def problems(self) -> list[str]:
         n = len(self)
         out: list[str] = []
@@ -76,6 +105,15 @@ class CTRSamples:
                 out.append(f"{name} must be int64 [n] with n={n}, got {t.dtype} {tuple(t.shape)}")
         if self.label.dim() != 1 or self.label.dtype != torch.float32:
             out.append(f"label must be float32 [n], got {self.label.dtype} {tuple(self.label.shape)}")
+        elif n and not bool(((self.label == 0) | (self.label == 1)).all()):
+            out.append("labels must be 0 or 1")
+        if not out:
+            for name in ("history", "history_category"):
+                if bool((getattr(self, name) < PAD_ID).any()):
+                    out.append(f"{name} has negative ids other than the padding id {PAD_ID}")
+            for name in ("candidate", "category"):
+                if bool((getattr(self, name) < 0).any()):
+                    out.append(f"{name} has negative ids")
         return out
 
 
@@ -240,6 +278,8 @@ class LocalTrainingConfig:
     # DIN's mini-batch aware regularisation: L2 on the embedding rows a batch uses (never on the whole
     # table, so untouched rows stay put and submodel training equals full-model training).
     l2_emb: float = 0.0
+    max_steps: int | None = None  # straggler budget
+    deadline_s: float | None = None  # straggler: stop once this much time has passed
 
     @classmethod
     def from_json(cls, raw: Mapping[str, object]) -> LocalTrainingConfig:
@@ -254,7 +294,20 @@ class LocalTrainingConfig:
             raise ValueError("lr must be a positive number")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        return cls(epochs, batch, float(lr), optimizer, float(l2_emb))
+        max_steps, deadline_s = raw.get("max_steps"), raw.get("deadline_s")
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError("max_steps must be a positive int when given")
+        if deadline_s is not None and (not isinstance(deadline_s, int | float) or deadline_s < 0):
+            raise ValueError("deadline_s must be a number >= 0 when given")
+        return cls(
+            epochs,
+            batch,
+            float(lr),
+            optimizer,
+            float(l2_emb),
+            max_steps,
+            None if deadline_s is None else float(deadline_s),
+        )
 
 
 def batch_embedding_l2(model: CTRModel, batch: CTRSamples) -> torch.Tensor:
@@ -268,10 +321,21 @@ def batch_embedding_l2(model: CTRModel, batch: CTRSamples) -> torch.Tensor:
     return total / max(len(batch), 1)
 
 
+StepCallback = Callable[[int, int, int, float], None]  # (epoch, step, planned steps, minibatch loss)
+
+
 def train_ctr(
-    model: CTRModel, samples: CTRSamples, config: LocalTrainingConfig, seed: int = 0
+    model: CTRModel,
+    samples: CTRSamples,
+    config: LocalTrainingConfig,
+    seed: int = 0,
+    *,
+    on_step: StepCallback | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, float]:
-    """Minibatch training on `samples`; returns the mean training loss of the last epoch."""
+    """Minibatch training on `samples`. Stops early after `config.max_steps` steps or once
+    `config.deadline_s` seconds have passed (stragglers). Returns train_loss (mean over the last epoch
+    trained), steps, planned_steps and completed (1.0 = all planned steps done)."""
     model.train()
     params = list(model.parameters())
     optimizer: torch.optim.Optimizer
@@ -280,8 +344,15 @@ def train_ctr(
     else:
         optimizer = torch.optim.SGD(params, lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
-    last_loss = float("nan")
-    for _ in range(config.epochs):
+    per_epoch = -(-len(samples) // config.batch_size)
+    planned = per_epoch * config.epochs
+    if config.max_steps is not None:
+        planned = min(planned, config.max_steps)
+    started = clock()
+    steps, last_loss, out_of_time = 0, float("nan"), False
+    for epoch in range(1, config.epochs + 1):
+        if steps >= planned or out_of_time:
+            break
         order = torch.randperm(len(samples), generator=generator)
         total, seen = 0.0, 0
         for start in range(0, len(samples), config.batch_size):
@@ -292,7 +363,20 @@ def train_ctr(
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(batch)
+            value = float(loss.detach())
+            total += value * len(batch)
             seen += len(batch)
+            steps += 1
+            if on_step is not None:
+                on_step(epoch, steps, planned, value)
+            out_of_time = config.deadline_s is not None and clock() - started >= config.deadline_s
+            if steps >= planned or out_of_time:
+                break
         last_loss = total / max(seen, 1)
-    return {"train_loss": last_loss, "num_samples": float(len(samples))}
+    return {
+        "train_loss": last_loss,
+        "num_samples": float(len(samples)),
+        "steps": float(steps),
+        "planned_steps": float(planned),
+        "completed": 1.0 if steps == per_epoch * config.epochs else 0.0,
+    }

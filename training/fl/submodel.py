@@ -22,6 +22,7 @@ from real rows. Today the server sees each phone's counts, and with them which r
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -33,6 +34,8 @@ from training.fl.ctr_model import (
     CTRModelConfig,
     CTRSamples,
     LocalTrainingConfig,
+    StepCallback,
+    evaluate_ctr,
     train_ctr,
 )
 from training.fl.strategy import Weights
@@ -337,34 +340,79 @@ def validate_sparse_update(
     return problems
 
 
+def _model_config(config: Mapping[str, object]) -> CTRModelConfig:
+    model_json = config.get("model", {})
+    if not isinstance(model_json, Mapping):
+        raise ValueError("config['model'] must be an object")
+    return CTRModelConfig.from_json(model_json)
+
+
+def _train_and_measure(
+    model: CTRModel,
+    samples: CTRSamples,
+    config: Mapping[str, object],
+    seed: int,
+    on_step: StepCallback | None,
+) -> dict[str, float]:
+    """Train (if there is anything to train on) and report the loss before and after."""
+    training = LocalTrainingConfig.from_json(config)
+    metrics: dict[str, float] = {"num_samples": float(len(samples)), "steps": 0.0, "planned_steps": 0.0}
+    metrics["loss_before"] = evaluate_ctr(model, samples)["logloss"] if len(samples) else float("nan")
+    started = time.perf_counter()
+    if len(samples):
+        metrics.update(train_ctr(model, samples, training, seed=seed, on_step=on_step))
+    metrics["train_time_s"] = time.perf_counter() - started
+    metrics["loss_after"] = evaluate_ctr(model, samples)["logloss"] if len(samples) else float("nan")
+    metrics.setdefault("completed", 1.0)
+    return metrics
+
+
 def submodel_client_train(
     tensors: Mapping[str, torch.Tensor],
     config: Mapping[str, object],
     samples: CTRSamples,
     seed: int = 0,
+    on_step: StepCallback | None = None,
 ) -> tuple[Weights, dict[str, float]]:
     """One phone's round: load the downloaded submodel, train it on the samples it can use, and return
     the sparse upload plus metrics. `config["model"]` is a CTRModelConfig in JSON form; the local
-    training settings (epochs, batch_size, lr, optimizer) sit at the top level of `config`."""
+    training settings (epochs, batch_size, lr, optimizer, l2_emb, max_steps, deadline_s) sit at the top
+    level of `config`."""
     tables = list(EMBEDDING_TABLES)
     sub_weights, index_sets = split_download(tensors, tables)
-    model_json = config.get("model", {})
-    if not isinstance(model_json, Mapping):
-        raise ValueError("config['model'] must be an object")
     local, dropped = localize_samples(samples, index_sets)
     model = CTRModel(
-        int(index_sets["emb.item"].numel()),
-        int(index_sets["emb.cat"].numel()),
-        CTRModelConfig.from_json(model_json),
+        int(index_sets["emb.item"].numel()), int(index_sets["emb.cat"].numel()), _model_config(config)
     )
     model.load_state_dict(sub_weights)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    metrics: dict[str, float] = {"num_samples": 0.0, "train_loss": float("nan")}
-    if len(local):
-        metrics = train_ctr(model, local, LocalTrainingConfig.from_json(config), seed=seed)
+    metrics = _train_and_measure(model, local, config, seed, on_step)
     counts = row_counts(local, {t: int(index_sets[t].numel()) for t in tables})
     upload = sparse_update(before, model.state_dict(), index_sets, counts)
     metrics["samples_dropped"] = float(dropped)
     metrics["rows_requested"] = float(sum(int(ids.numel()) for ids in index_sets.values()))
     metrics["rows_trained"] = float(sum(int((c > 0).sum()) for c in counts.values()))
     return upload, metrics
+
+
+def full_model_client_train(
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping[str, object],
+    samples: CTRSamples,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+) -> tuple[Weights, dict[str, float]]:
+    """The FedAvg baseline's client: the same local training on the whole model, uploading the dense
+    delta of every parameter (the whole embedding tables included)."""
+    shapes = {t: tensors[weight_key(t)].shape[0] for t in EMBEDDING_TABLES}
+    for table, names in EMBEDDING_TABLES.items():
+        for name in names:
+            ids = getattr(samples, name)
+            if ids.numel() and int(ids.max()) >= shapes[table]:
+                raise ValueError(f"{name} has ids beyond the {shapes[table]} rows of {table}")
+    model = CTRModel(shapes["emb.item"], shapes["emb.cat"], _model_config(config))
+    model.load_state_dict(dict(tensors))
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    metrics = _train_and_measure(model, samples, config, seed, on_step)
+    after = model.state_dict()
+    return {k: (after[k] - before[k]).to(torch.float32) for k in before}, metrics
