@@ -93,6 +93,9 @@ class Device(models.Model):
     ram_total_mb = models.PositiveIntegerField(null=True, blank=True)
     ram_available_mb = models.PositiveIntegerField(null=True, blank=True)
     cpu_cores = models.PositiveSmallIntegerField(null=True, blank=True)
+    # What the phone says drives its availability (virtual phones answer `getprop fedfleet.availability`
+    # with their lab scenario, e.g. "alternating: group 1 of 2, period 30 s"); blank for real phones.
+    availability_model = models.CharField(max_length=100, blank=True)
     telemetry_at = models.DateTimeField(null=True, blank=True)
 
     # Which federated job holds the phone (set by the training app); null = free.

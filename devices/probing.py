@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from devices import adb
 from devices.models import DeviceStatus
 from devices.telemetry import (
+    AVAILABILITY_PROPERTY,
     Telemetry,
     device_properties,
     parse_cpu_list,
@@ -25,6 +26,7 @@ PROPERTY_KEYS = (
     "ro.build.version.release",
     "ro.build.version.sdk",
     "ro.product.cpu.abi",
+    AVAILABILITY_PROPERTY,
 )
 BATTERY_COMMAND = "dumpsys battery"
 MEMINFO_COMMAND = "cat /proc/meminfo"

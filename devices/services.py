@@ -48,6 +48,7 @@ _TELEMETRY_FIELDS = (
     "ram_total_mb",
     "ram_available_mb",
     "cpu_cores",
+    "availability_model",
 )
 
 
@@ -71,6 +72,7 @@ def fleet_row(device: Device) -> dict[str, Any]:
         "charging": device.charging,
         "ram_total_mb": device.ram_total_mb,
         "cpu_cores": device.cpu_cores,
+        "availability_model": device.availability_model,
         "last_seen_at": _iso(device.last_seen_at),
         "lease_job_id": device.lease_job_id,
         "tags": sorted(tag.name for tag in device.tags.all()),
@@ -85,6 +87,17 @@ def status_counts() -> dict[str, int]:
     for row in Device.objects.values("status").annotate(n=Count("id")):
         counts[row["status"]] = row["n"]
     return counts
+
+
+def availability_model_counts() -> list[tuple[str, int]]:
+    """Phones per availability model they reported (virtual labs' scenarios), most common first."""
+    rows = (
+        Device.objects.exclude(availability_model="")
+        .values("availability_model")
+        .annotate(n=Count("id"))
+        .order_by("-n", "availability_model")
+    )
+    return [(row["availability_model"], row["n"]) for row in rows]
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -288,6 +301,7 @@ def _telemetry_values(telemetry: Telemetry) -> dict[str, Any]:
         "sdk_int": props.sdk_int,
         "abi": props.abi,
         "cpu_cores": telemetry.cpu_cores,
+        "availability_model": props.availability_model,
     }
     if telemetry.battery is not None:
         values["battery_level"] = telemetry.battery.level_percent

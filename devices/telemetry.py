@@ -21,6 +21,10 @@ _GETPROP_LINE = re.compile(r"^\[([^\]]{1,200})\]:\s*\[(.*)\]\s*$")
 _MEMINFO_LINE = re.compile(r"^([A-Za-z()_0-9]+):\s+(\d{1,15})\s*(kB)?\s*$")
 _CPU_RANGE = re.compile(r"^(\d{1,4})(?:-(\d{1,4}))?$")
 
+# Not an Android property: a virtual phone answers it with its availability model ("alternating: group 1
+# of 2, period 30 s"); real phones print nothing. devices/virtual/scenarios.py defines the same name.
+AVAILABILITY_PROPERTY = "fedfleet.availability"
+
 BATTERY_STATUS_CHARGING = 2
 BATTERY_STATUS_DISCHARGING = 3
 BATTERY_STATUS_NOT_CHARGING = 4
@@ -34,6 +38,7 @@ class DeviceProperties:
     android_release: str = ""
     sdk_int: int | None = None
     abi: str = ""
+    availability_model: str = ""  # what drives a virtual phone's availability; "" on real phones
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ def device_properties(values: dict[str, str]) -> DeviceProperties:
         android_release=parse_android_release(values.get("ro.build.version.release", "")),
         sdk_int=parse_sdk_int(values.get("ro.build.version.sdk", "")),
         abi=parse_abi(values.get("ro.product.cpu.abi", "")),
+        availability_model=parse_getprop_value(values.get(AVAILABILITY_PROPERTY, "")),
     )
 
 

@@ -25,6 +25,7 @@ from accounts.decorators import json_endpoint, operator_required
 from accounts.roles import is_operator
 from devices import charts, services
 from devices.adb_identity import platform_identity
+from devices.extensions import panels_for
 from devices.filters import DeviceFilterSet
 from devices.forms import ConnectionTestForm, DeviceForm
 from devices.models import AvailabilityInterval, Device, DeviceStatus, Tag, TelemetrySample
@@ -52,6 +53,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "tags": Tag.objects.filter(devices__isnull=False).distinct(),
         "active_status": request.GET.get("status", ""),
         "active_tag": request.GET.get("tag", ""),
+        "availability_models": services.availability_model_counts(),
     }
     return render(request, "devices/fleet.html", context)
 
@@ -156,6 +158,8 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
         # json.loads(to_json()): plotly's own encoder handles numpy/dates; json_script re-encodes safely.
         "battery_figure": json.loads(battery.to_json()),
         "availability_figure": json.loads(availability.to_json()),
+        # Cards other apps add (devices.extensions), e.g. the phone's participation in federated jobs.
+        "panels": panels_for(device),
     }
     return render(request, "devices/device_detail.html", context)
 

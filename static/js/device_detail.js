@@ -11,4 +11,13 @@ for (const [elementId, dataId] of [["battery-chart", "battery-figure"], ["availa
   }
 }
 
+// Figures of panels other apps add (devices/extensions.py): <div class="chart" data-figure="<json_script id>">.
+for (const target of document.querySelectorAll(".chart[data-figure]")) {
+  const source = document.getElementById(target.dataset.figure);
+  if (source && window.Plotly) {
+    const figure = JSON.parse(source.textContent);
+    window.Plotly.newPlot(target, figure.data, figure.layout, config);
+  }
+}
+
 document.getElementById("hours")?.addEventListener("change", (event) => event.target.form.submit());

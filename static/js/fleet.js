@@ -62,6 +62,15 @@ function batteryCell(row) {
   return wrap;
 }
 
+// Model, and for virtual phones the availability model their lab scenario gives them.
+function modelCell(row) {
+  const cell = el("td", { textContent: `${row.manufacturer || ""} ${row.model || ""}`.trim() });
+  if (row.availability_model) {
+    cell.append(el("div", { className: "muted small", title: "availability model", textContent: row.availability_model, dataset: { testid: "availability-model" } }));
+  }
+  return cell;
+}
+
 function renderRow(row) {
   const link = el("a", { href: table.dataset.detailUrlTemplate.replace("/0/", `/${row.id}/`), textContent: row.name });
   const name = el("td", {}, [link, el("div", { className: "muted small mono", textContent: row.address })]);
@@ -74,7 +83,7 @@ function renderRow(row) {
   const tags = el("td", {}, row.tags.map((t) => el("span", { className: "tag", textContent: t })));
   return el("tr", { dataset: { deviceId: String(row.id) } }, [
     name, el("td", {}, [badge]), el("td", {}, [batteryCell(row)]),
-    el("td", { textContent: `${row.manufacturer || ""} ${row.model || ""}`.trim() }), android, el("td", {}, [seen]), tags,
+    modelCell(row), android, el("td", {}, [seen]), tags,
   ]);
 }
 

@@ -1,0 +1,76 @@
+"""Extension points of the device pages, so other apps can add to them without `devices` importing them.
+
+`devices` never imports `training` (DESIGN.md: dependencies point one way). Yet a phone's page should show
+what the phone did in federated jobs. So the device page asks a registry for *panels*: each registered
+provider gets the Device and returns a `DevicePanel` (or None to show nothing for this phone), and the page
+renders, in registration order, one card per panel: the title as its heading, then the panel's template,
+which sees the panel's context as `panel` (and the page's own context, e.g. `device`).
+
+Register from your AppConfig.ready(), which runs once per process after every app is loaded:
+
+    from devices.extensions import DevicePanel, register_device_panel
+
+    def participation_panel(device):
+        return DevicePanel("Federated jobs", "training/_device_participation.html", {"rows": ...})
+
+    register_device_panel(participation_panel)
+
+Rules for providers: be quick (a few queries; the page waits for you), return JSON-ready context if the
+template passes it to `json_script`, and never write. A provider that raises is logged and its panel is
+replaced by a short error note, so one broken extension cannot take the device page down with it.
+A figure in a panel is drawn by the device page's script if the template emits it with
+`{{ figure|json_script:id }}` and a `<div class="chart" data-figure="id">` (static/js/device_detail.js).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from devices.models import Device
+
+log = logging.getLogger(__name__)
+
+ERROR_TEMPLATE = "devices/_panel_error.html"
+
+
+class DevicePanel(NamedTuple):
+    """What one extension adds to a device page: a card titled `title`, rendered from `template`."""
+
+    title: str
+    template: str
+    context: Mapping[str, Any]
+
+
+DevicePanelProvider = Callable[[Device], DevicePanel | None]
+
+# The registered providers, in registration order. Append through register_device_panel.
+DEVICE_PANELS: list[DevicePanelProvider] = []
+
+
+def register_device_panel(provider: DevicePanelProvider) -> DevicePanelProvider:
+    """Add a provider once (ready() can run more than once in tests); usable as a decorator."""
+    if provider not in DEVICE_PANELS:
+        DEVICE_PANELS.append(provider)
+    return provider
+
+
+def unregister_device_panel(provider: DevicePanelProvider) -> None:
+    if provider in DEVICE_PANELS:
+        DEVICE_PANELS.remove(provider)
+
+
+def panels_for(device: Device) -> list[DevicePanel]:
+    """Every registered provider's panel for this phone, skipping those that return None."""
+    panels = []
+    for provider in list(DEVICE_PANELS):
+        try:
+            panel = provider(device)
+        except Exception:  # noqa: BLE001 - an extension's bug must not break the device page
+            name = getattr(provider, "__qualname__", repr(provider))
+            log.exception("device panel %s failed for device %s", name, device.pk)
+            panel = DevicePanel("Panel unavailable", ERROR_TEMPLATE, {"provider": name})
+        if panel is not None:
+            panels.append(panel)
+    return panels
