@@ -346,6 +346,8 @@ CLIENT_ALGORITHMS: dict[str, ClientAlgorithm] = {
     "fedprox": fedprox_client,
     "scaffold": _client_side("training.fl.scaffold", "scaffold_client_train"),
     "fedlaavg": _client_side("training.fl.fedlaavg", "fedlaavg_client_train"),
+    # CTR submodels (FedSubAvg) and the full-model FedAvg baseline share one client side.
+    "fedsubavg": _client_side("training.fl.fedsubavg", "fedsubavg_client_train"),
 }
 
 
