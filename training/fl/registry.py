@@ -74,6 +74,20 @@ def _fedlaavg(params: Mapping[str, Any], context: JobContext | None) -> Strategy
     )
 
 
+def _fedsubavg(params: Mapping[str, Any], context: JobContext | None) -> Strategy:
+    from training.fl.fedsubavg import FedSubAvg
+
+    return FedSubAvg(
+        row_weight=params["row_weight"], server_lr=float(params["server_lr"]), privacy=params["privacy"]
+    )
+
+
+def _fedavg_full(params: Mapping[str, Any], context: JobContext | None) -> Strategy:
+    from training.fl.fedsubavg import FullModelFedAvg
+
+    return FullModelFedAvg(server_lr=float(params["server_lr"]))
+
+
 _AGGREGATION_DEFAULTS: dict[str, Any] = {"server_lr": 1.0, "aggregator": "mean", "aggregator_params": {}}
 
 STRATEGIES: dict[str, StrategySpec] = {
@@ -83,6 +97,14 @@ STRATEGIES: dict[str, StrategySpec] = {
         StrategySpec("fedprox", "FedProx", {"mu": 0.01, **_AGGREGATION_DEFAULTS}, _fedprox),
         StrategySpec("scaffold", "SCAFFOLD", {"server_lr": 1.0}, _scaffold),
         StrategySpec("fedlaavg", "FedLaAvg", {"local_steps": 10}, _fedlaavg),
+        # CTR submodel jobs (ALGORITHMS.md §6) and their full-model baseline.
+        StrategySpec(
+            "fedsubavg",
+            "FedSubAvg (submodels)",
+            {"row_weight": "touched", "privacy": "default", "server_lr": 1.0},
+            _fedsubavg,
+        ),
+        StrategySpec("fedavg_full", "FedAvg, full CTR model (baseline)", {"server_lr": 1.0}, _fedavg_full),
     )
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
