@@ -20,6 +20,7 @@ EVENT_TYPES = frozenset(
         "round.abandoned",
         "job.status",
         "job.exclusion",
+        "analysis.updated",  # a round's influence/attack analysis or an AnalysisRun's progress
         "job.log",
     }
 )
