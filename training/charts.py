@@ -185,7 +185,7 @@ def bytes_figure(rounds: Sequence[RoundDict]) -> Figure:
     down = [int(r.get("bytes_down") or 0) for r in attempts]
     up = [int(r.get("bytes_up") or 0) for r in attempts]
     unit, size = byte_unit(max([*down, *up, 0]))
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "type": "bar",
             "name": "To phones (download)",
@@ -203,6 +203,7 @@ def bytes_figure(rounds: Sequence[RoundDict]) -> Figure:
             "hovertemplate": "%{y:.3f} " + unit + "<extra>from phones</extra>",
         },
     ]
+    data.extend(strategy_payload_traces(attempts, unit, size))
     layout = _layout(
         "Bytes moved per round",
         barmode="group",
@@ -210,6 +211,37 @@ def bytes_figure(rounds: Sequence[RoundDict]) -> Figure:
         yaxis={"title": {"text": f"Data ({unit})"}, "rangemode": "tozero"},
     )
     return {"data": data, "layout": layout}
+
+
+# Round metrics in which a strategy reports the tensor bytes its algorithm moved (SCAFFOLD: model and
+# control variate both ways, so twice FedAvg's).
+PAYLOAD_METRICS = (
+    ("download_bytes", "Model payload to phones (strategy)", "#00695c"),
+    ("upload_bytes", "Update payload from phones (strategy)", "#283593"),
+)
+
+
+def strategy_payload_traces(attempts: Sequence[RoundDict], unit: str, size: int) -> list[dict[str, Any]]:
+    """Lines for the payload bytes a strategy reports in its round metrics, when it reports them: the
+    bars count every byte on the wire (including the agent and data shard pushed in round 1), the lines
+    the algorithm's own tensors, so a doubled payload shows even when the bars are dominated by set-up."""
+    traces = []
+    for key, name, colour in PAYLOAD_METRICS:
+        values = [(r.get("metrics") or {}).get(key) for r in attempts]
+        if not any(isinstance(v, int | float) for v in values):
+            continue
+        traces.append(
+            {
+                "type": "scatter",
+                "mode": "lines+markers",
+                "name": name,
+                "x": [attempt_label(r) for r in attempts],
+                "y": [v / size if isinstance(v, int | float) else None for v in values],
+                "line": {"color": colour, "dash": "dot"},
+                "hovertemplate": "%{y:.3f} " + unit + "<extra>" + key + "</extra>",
+            }
+        )
+    return traces
 
 
 def rounds_to_target(rounds: Iterable[RoundDict], target: float) -> int | None:
@@ -276,3 +308,197 @@ def dashboard_figures(rounds: Sequence[RoundDict]) -> dict[str, Figure]:
         "round_time": round_time_figure(rounds),
         "bytes": bytes_figure(rounds),
     }
+
+
+# --- availability (training/availability_report.py feeds these) -----------------------------------------
+# Every state a phone can be in for one round of a job, as the heatmap shows it: (key, label, colour).
+# The order is the colour scale's order; unavailable states first, then the selected phone's outcomes.
+AVAILABILITY_STATES: tuple[tuple[str, str, str], ...] = (
+    ("offline", "Offline", "#bdbdbd"),
+    ("busy", "Busy (another job)", "#78909c"),
+    ("ineligible", "Ineligible (battery, charging)", "#ffe082"),
+    ("excluded", "Excluded", "#5d4037"),
+    ("idle", "Idle (available, not selected)", "#e3f2fd"),
+    ("selected", "Selected (in progress)", "#64b5f6"),
+    ("reported", "Reported (aggregated)", "#43a047"),
+    ("late", "Late", "#fb8c00"),
+    ("failed", "Failed or dropped", "#e53935"),
+    ("rejected", "Rejected update", "#8e24aa"),
+)
+_STATE_CODE = {key: code for code, (key, _, _) in enumerate(AVAILABILITY_STATES)}
+_STATE_LABEL = {key: label for key, label, _ in AVAILABILITY_STATES}
+UNRECORDED_LABEL = "not recorded"
+HEATMAP_ROW_PX = 16
+HEATMAP_MAX_HEIGHT_PX = 1400
+
+
+def discrete_colorscale(colours: Sequence[str]) -> list[list[Any]]:
+    """A step colour scale: code k (of n) is drawn in colours[k] exactly, never a blend of neighbours.
+    Use with zmin = -0.5 and zmax = n - 0.5 so each integer sits in the middle of its band."""
+    n = len(colours)
+    scale: list[list[Any]] = []
+    for k, colour in enumerate(colours):
+        scale.append([k / n, colour])
+        scale.append([(k + 1) / n, colour])
+    return scale
+
+
+def availability_heatmap_figure(
+    row_labels: Sequence[str],
+    rounds: Sequence[int],
+    cells: Sequence[Sequence[str | None]],
+    *,
+    title: str = "Availability per phone and round",
+    row_axis_title: str = "Phone",
+) -> Figure:
+    """Phone × round grid of states (`cells[i][j]` is a key of AVAILABILITY_STATES, or None when nothing
+    was recorded). A heatmap has no legend of its own, so one legend entry per state that occurs is added
+    as an empty marker trace: the legend reads like a key to the colours."""
+    if len(cells) != len(row_labels) or any(len(row) != len(rounds) for row in cells):
+        raise ValueError("cells must have one row per label and one column per round")
+    unknown = {state for row in cells for state in row if state is not None and state not in _STATE_CODE}
+    if unknown:
+        raise ValueError(f"unknown availability states {sorted(unknown)}")
+    z = [[None if state is None else _STATE_CODE[state] for state in row] for row in cells]
+    text = [[UNRECORDED_LABEL if state is None else _STATE_LABEL[state] for state in row] for row in cells]
+    data: list[dict[str, Any]] = [
+        {
+            "type": "heatmap",
+            "x": list(rounds),
+            "y": list(row_labels),
+            "z": z,
+            "text": text,
+            "zmin": -0.5,
+            "zmax": len(AVAILABILITY_STATES) - 0.5,
+            "colorscale": discrete_colorscale([colour for _, _, colour in AVAILABILITY_STATES]),
+            "showscale": False,
+            "xgap": 1,
+            "ygap": 1,
+            "hovertemplate": "%{y} · round %{x}<br>%{text}<extra></extra>",
+            "name": "state",
+            "showlegend": False,
+        }
+    ]
+    present = {state for row in cells for state in row if state is not None}
+    for key, label, colour in AVAILABILITY_STATES:
+        if key in present:
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "markers",
+                    "x": [None],
+                    "y": [None],
+                    "name": label,
+                    "marker": {
+                        "color": colour,
+                        "symbol": "square",
+                        "size": 12,
+                        "line": {"width": 1, "color": "#9e9e9e"},
+                    },
+                    "hoverinfo": "skip",
+                }
+            )
+    height = min(HEATMAP_MAX_HEIGHT_PX, max(FIGURE_HEIGHT_PX, 190 + HEATMAP_ROW_PX * len(row_labels)))
+    layout = _layout(
+        title,
+        height=height,
+        hovermode="closest",
+        xaxis={**_round_axis(max(rounds, default=1)), "rangemode": "normal", "showgrid": False},
+        yaxis={
+            "title": {"text": row_axis_title},
+            "type": "category",
+            "autorange": "reversed",
+            "automargin": True,
+        },
+        plot_bgcolor="#ffffff",
+    )
+    return {"data": data, "layout": layout}
+
+
+def participation_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """Per phone: how often it was selected and how many of its updates were aggregated, against the
+    number of aggregated updates its share of the data would give it (◆). A phone whose green bar stands
+    far above its ◆ is over-represented in the model; far below, under-represented.
+
+    Each row: label, times_selected, times_reported, data_share (0..1)."""
+    labels = [str(r["label"]) for r in rows]
+    reported = [int(r["times_reported"]) for r in rows]
+    total_reports = sum(reported)
+    fair = [float(r["data_share"]) * total_reports for r in rows]
+    data = [
+        {
+            "type": "bar",
+            "name": "Selected",
+            "x": labels,
+            "y": [int(r["times_selected"]) for r in rows],
+            "marker": {"color": "#90caf9"},
+            "hovertemplate": "%{y} rounds<extra>selected</extra>",
+        },
+        {
+            "type": "bar",
+            "name": "Updates aggregated",
+            "x": labels,
+            "y": reported,
+            "marker": {"color": "#43a047"},
+            "hovertemplate": "%{y} updates<extra>aggregated</extra>",
+        },
+        {
+            "type": "scatter",
+            "mode": "markers",
+            "name": "Fair share by data",
+            "x": labels,
+            "y": fair,
+            "marker": {"color": "#212121", "symbol": "diamond", "size": 9},
+            "customdata": [float(r["data_share"]) for r in rows],
+            "hovertemplate": "%{y:.1f} updates (%{customdata:.1%} of the data)<extra>fair share</extra>",
+        },
+    ]
+    layout = _layout(
+        "Participation per phone against its share of the data",
+        barmode="group",
+        xaxis={"title": {"text": "Phone"}, "type": "category", "automargin": True},
+        yaxis={"title": {"text": "Rounds"}, "rangemode": "tozero"},
+    )
+    return {"data": data, "layout": layout}
+
+
+BIAS_BASIS_NOTES = {
+    "reporters": "represented = the phones whose updates the round aggregated",
+    "latest": "represented = every phone's latest update (FedLaAvg keeps them all)",
+}
+
+
+def availability_bias_figure(bias: Sequence[Mapping[str, Any]], *, basis: str = "reporters") -> Figure:
+    """Total-variation distance between the label distribution the aggregated updates represented and
+    the whole population's, per committed round and cumulatively (0 = unbiased, 1 = disjoint labels).
+
+    Each row: round_no, tv, cumulative_tv (None where nothing was aggregated)."""
+    rounds = [int(b["round_no"]) for b in bias]
+    data = [
+        {
+            "type": "scatter",
+            "mode": "lines+markers",
+            "name": "This round",
+            "x": rounds,
+            "y": [b.get("tv") for b in bias],
+            "line": {"color": "#e53935"},
+            "hovertemplate": "%{y:.3f}<extra>this round</extra>",
+        },
+        {
+            "type": "scatter",
+            "mode": "lines",
+            "name": "Cumulative",
+            "x": rounds,
+            "y": [b.get("cumulative_tv") for b in bias],
+            "line": {"color": "#212121", "dash": "dash"},
+            "hovertemplate": "%{y:.3f}<extra>cumulative</extra>",
+        },
+    ]
+    note = BIAS_BASIS_NOTES.get(basis, basis)
+    layout = _layout(
+        f"Availability bias (TV distance to the population's labels)<br><sup>{note}</sup>",
+        xaxis=_round_axis(max(rounds, default=1)),
+        yaxis={"title": {"text": "TV distance"}, "rangemode": "tozero"},
+    )
+    layout["uirevision"] = "availability-bias"
+    return {"data": data, "layout": layout}
