@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.decorators import json_endpoint, operator_required
 from accounts.roles import is_operator
 from devices.models import Device, DeviceStatus
-from training import charts, services
+from training import availability_report, charts, services
 from training.forms import JobForm
 from training.job_config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
 from training.models import Job, JobStatus
@@ -169,9 +169,17 @@ def snapshot_with_figures(job: Job) -> dict[str, Any]:
     """services.job_snapshot plus what only the web layer knows: figures and the model download link."""
     snapshot = services.job_snapshot(job)
     snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"])
+    add_availability(snapshot, job)
     has_model = services.final_model_path(job) is not None
     snapshot["final_model_url"] = reverse("training:job-model", args=[job.pk]) if has_model else None
     return json_safe(snapshot)
+
+
+def add_availability(snapshot: dict[str, Any], job: Job) -> None:
+    """The availability section: heatmap, participation and bias figures, plus their summary numbers."""
+    report = availability_report.job_report(job)
+    snapshot["figures"].update(availability_report.report_figures(report))
+    snapshot["availability"] = report.summary()
 
 
 @json_endpoint

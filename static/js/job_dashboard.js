@@ -203,6 +203,20 @@ function renderParticipants(participants) {
   ])));
 }
 
+// One line above the availability charts: the bias in numbers (the figures are drawn by renderFigures).
+function renderAvailabilitySummary(summary) {
+  const target = document.getElementById("availability-summary");
+  if (!target) return;
+  if (!summary || summary.mean_tv === null || summary.mean_tv === undefined) {
+    target.textContent = "";
+    return;
+  }
+  const basis = summary.basis === "latest" ? "latest update of every phone" : "this round's reporters";
+  let text = `bias (TV, ${basis}): mean ${number(summary.mean_tv)} · last ${number(summary.last_tv)} · cumulative ${number(summary.final_cumulative_tv)}`;
+  if (summary.hidden_rounds) text += ` · heatmap shows the latest rounds only`;
+  target.textContent = text;
+}
+
 function renderModelLink(url) {
   const link = document.getElementById("model-download");
   link.hidden = !url;
@@ -271,6 +285,7 @@ async function loadSnapshot() {
   renderFigures(snapshot.figures);
   renderLog(snapshot.log);
   renderParticipants(snapshot.participants);
+  renderAvailabilitySummary(snapshot.availability);
   renderModelLink(snapshot.final_model_url);
   const held = pending;
   pending = null;
