@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ class BenchLab:
         devices_concurrency: int | None = None,
         training_concurrency: int = 2,
         lab_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
+        register_order: list[int] | None = None,
     ) -> None:
         self.phones = phones
         self.profiles = profiles
@@ -45,6 +48,11 @@ class BenchLab:
         self.devices_concurrency = devices_concurrency or max(8, phones + 4)
         self.training_concurrency = training_concurrency
         self.lab_args = lab_args or []
+        # e.g. {"FEDFLEET_PROBE_INTERVAL_S": "1"}: settings for every process of the lab
+        self.extra_env = extra_env or {}
+        # Lab phone indices in the order they are registered. The engine numbers a job's clients in
+        # registration (pk) order, so this decides which client -- and data shard -- each phone gets.
+        self.register_order = register_order
         self.work = Path(tempfile.mkdtemp(prefix="fedfleet-bench-"))
         self.processes: list[subprocess.Popen[bytes]] = []
         self.phone_lines: list[str] = []
@@ -60,6 +68,7 @@ class BenchLab:
             DATABASE_URL=f"sqlite:///{self.work / 'db.sqlite3'}",
             REDIS_URL=self.redis.url,
             PYTHONUNBUFFERED="1",
+            **self.extra_env,
         )
         os.environ.update({k: self.env[k] for k in ("DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "FEDFLEET_DATA_DIR",
                                                      "DATABASE_URL", "REDIS_URL")})  # fmt: skip
@@ -108,6 +117,7 @@ class BenchLab:
         if self.profiles:
             argv += ["--profiles", str(self.profiles)]
         process = self._start("lab", argv)
+        self.lab_process = process
         log = self.work / "lab.log"
         deadline = time.monotonic() + 120
         while "READY" not in log.read_text(errors="replace"):
@@ -122,15 +132,33 @@ class BenchLab:
         from devices import tasks as device_tasks  # noqa: PLC0415
         from devices.services import register_or_update_device  # noqa: PLC0415
 
-        for line in self.phone_lines:
-            serial, address = line.split()[:2]
+        order = self.register_order if self.register_order is not None else range(len(self.phone_lines))
+        for index in order:
+            serial, address = self.phone_lines[index].split()[:2]
             device = register_or_update_device(
                 name=serial, transport="tcp", address=address, tags=["virtual"]
             )
             device_tasks.probe_device(device.pk)
 
+    def start_scenario(self, timeout_s: float = 30) -> None:
+        """End the lab's --hold-online: the availability scenario starts now (lab time 0)."""
+        self.lab_process.send_signal(signal.SIGUSR1)
+        log = self.work / "lab.log"
+        deadline = time.monotonic() + timeout_s
+        while "SCENARIO STARTED" not in log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the lab did not confirm the scenario start")
+            time.sleep(0.05)
+
     # ---------------------------------------------------------------------------------------- jobs
-    def run_job(self, config: dict[str, Any], *, timeout_s: float = 3600) -> Any:
+    def run_job(
+        self,
+        config: dict[str, Any],
+        *,
+        timeout_s: float = 3600,
+        on_prepared: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Launch a job and block until it ends; `on_prepared(job)` runs once its phones are chosen."""
         from django.contrib.auth import get_user_model  # noqa: PLC0415
 
         from training.job_config import parse_job_config  # noqa: PLC0415
@@ -140,8 +168,13 @@ class BenchLab:
         owner, _ = get_user_model().objects.get_or_create(username="bench")
         job = create_job(owner, parse_job_config(config))
         deadline = time.monotonic() + timeout_s
+        prepared = on_prepared is None
         while True:
             job = Job.objects.get(pk=job.pk)
+            if not prepared and job.participants.exists():
+                prepared = True
+                assert on_prepared is not None
+                on_prepared(job)
             if job.status in ("completed", "failed", "cancelled", "paused"):
                 return job
             if time.monotonic() > deadline:
