@@ -15,3 +15,7 @@ class TrainingConfig(AppConfig):
         # The device page shows the phone's federated jobs without devices importing training.
         register_device_panel(device_panel.participation_panel)
         round_committed.connect(scaffold_notes.note_ci_resets, dispatch_uid="training.scaffold_ci_resets")
+        # Client influence and the declared backdoor test, after every committed round (training queue).
+        from training.analysis.hooks import enqueue_round_analysis  # noqa: PLC0415
+
+        round_committed.connect(enqueue_round_analysis, dispatch_uid="training.analysis.rounds")

@@ -15,9 +15,14 @@ from django.utils import timezone
 
 from training import leases, storage
 from training.events import send_job_event
-from training.job_config import JobConfig
+from training.job_config import JobConfig, parse_job_config
 from training.models import (
+    AnalysisKind,
+    AnalysisRun,
+    AnalysisStatus,
     ClientResult,
+    Exclusion,
+    ExclusionAction,
     Job,
     JobLogEntry,
     JobStatus,
@@ -139,6 +144,133 @@ def fail_job(job: Job, error: str) -> None:
         log(job.pk, f"failed: {error}", level=LogLevel.ERROR)
 
 
+# --- excluding phones (client influence, ALGORITHMS.md §5) -------------------------------------------
+EXCLUDABLE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
+
+
+def _who(by: AbstractBaseUser | None, auto: bool) -> str:
+    return "automatically" if auto or by is None else f"by {by.get_username()}"
+
+
+def exclude_participant(
+    job: Job,
+    participant: Participant,
+    *,
+    reason: str,
+    round_number: int | None = None,
+    by: AbstractBaseUser | None = None,
+    auto: bool = False,
+) -> bool:
+    """Stop selecting a phone for this job from the next round on; recorded (Exclusion row and the
+    participant's current-exclusion fields), logged and announced. False if it was excluded already."""
+    if job.status not in EXCLUDABLE_STATUSES:
+        raise JobActionError(f"a {job.status} job's phones cannot be excluded")
+    after = job.committed_rounds if round_number is None else round_number
+    with transaction.atomic():
+        if not auto:  # the automatic rule keeps its own floor; a person is stopped from stalling the job
+            needed = parse_job_config(job.config).min_reports
+            remaining = job.participants.filter(excluded=False).exclude(pk=participant.pk).count()
+            if remaining < needed:
+                raise JobActionError(
+                    f"excluding {participant.device.name} would leave {remaining} phones, fewer than the "
+                    f"{needed} a round needs"
+                )
+        updated = Participant.objects.filter(pk=participant.pk, excluded=False).update(
+            excluded=True,
+            excluded_reason=reason[:200],
+            excluded_at=timezone.now(),
+            excluded_round=after,
+            excluded_by=by,
+            excluded_auto=auto,
+        )
+        if not updated:
+            return False
+        exclusion = Exclusion.objects.create(
+            job=job,
+            participant=participant,
+            action=ExclusionAction.EXCLUDE,
+            round_number=after,
+            reason=reason[:200],
+            by=by,
+            auto=auto,
+        )
+        log(
+            job.pk,
+            f"{participant.device.name} excluded {_who(by, auto)} after round {after}: {reason}",
+            level=LogLevel.WARNING,
+            round_number=after or None,
+        )
+        send_job_event(job.pk, "job.exclusion", exclusion=exclusion.snapshot())
+    return True
+
+
+def include_participant(
+    job: Job, participant: Participant, *, by: AbstractBaseUser, reason: str = ""
+) -> bool:
+    """Put an excluded phone back into selection. An operator's decision: the automatic rule leaves a
+    phone that a person put back alone. False if it was not excluded."""
+    if job.status not in EXCLUDABLE_STATUSES:
+        raise JobActionError(f"a {job.status} job's phones cannot be included again")
+    reason = reason or "included again by an operator"
+    with transaction.atomic():
+        if not Participant.objects.filter(pk=participant.pk, excluded=True).update(
+            excluded=False,
+            excluded_reason="",
+            excluded_at=None,
+            excluded_round=None,
+            excluded_by=None,
+            excluded_auto=False,
+        ):
+            return False
+        exclusion = Exclusion.objects.create(
+            job=job,
+            participant=participant,
+            action=ExclusionAction.INCLUDE,
+            round_number=job.committed_rounds,
+            reason=reason[:200],
+            by=by,
+        )
+        log(
+            job.pk,
+            f"{participant.device.name} included again {_who(by, False)} after round {job.committed_rounds}",
+            round_number=job.committed_rounds or None,
+        )
+        send_job_event(job.pk, "job.exclusion", exclusion=exclusion.snapshot())
+    return True
+
+
+# --- on-demand analyses ---------------------------------------------------------------------------------
+def request_exact_leave_one_out(job: Job, by: AbstractBaseUser) -> AnalysisRun:
+    """Queue the exact leave-one-out replay of the job's committed rounds (small jobs only)."""
+    from training import tasks  # noqa: PLC0415
+    from training.analysis.loo import refusal  # noqa: PLC0415 - loads the data set: only when asked
+
+    problem = refusal(job)
+    if problem:
+        raise JobActionError(problem)
+    with transaction.atomic():
+        busy = job.analysis_runs.filter(
+            kind=AnalysisKind.EXACT_LOO, status__in=(AnalysisStatus.QUEUED, AnalysisStatus.RUNNING)
+        ).first()
+        if busy is not None:
+            raise JobActionError(f"exact leave-one-out run #{busy.pk} is {busy.status} already")
+        run = AnalysisRun.objects.create(
+            job=job,
+            kind=AnalysisKind.EXACT_LOO,
+            params={"round": job.committed_rounds},
+            requested_by=by,
+            message="queued",
+        )
+        log(
+            job.pk,
+            f"exact leave-one-out of rounds 1–{job.committed_rounds} requested by {by.get_username()} "
+            f"(run #{run.pk})",
+        )
+        send_job_event(job.pk, "analysis.updated", run=run.snapshot())
+        tasks.exact_leave_one_out.delay_on_commit(run.pk)
+    return run
+
+
 def job_snapshot(job: Job) -> dict[str, Any]:
     """Everything a dashboard needs to draw itself; events after it are applied on top."""
     rounds = list(job.rounds.order_by("number", "attempt"))
@@ -165,6 +297,8 @@ def job_snapshot(job: Job) -> dict[str, Any]:
             "last_round": p.last_round,
             "excluded": p.excluded,
             "excluded_reason": p.excluded_reason,
+            "excluded_round": p.excluded_round,
+            "excluded_auto": p.excluded_auto,
         }
         for p in job.participants.select_related("device")
     ]
@@ -217,11 +351,14 @@ __all__ = [
     "Round",
     "cancel_job",
     "create_job",
+    "exclude_participant",
     "export_rows",
     "final_model_path",
     "job_snapshot",
     "job_summary",
+    "include_participant",
     "log",
     "pause_job",
+    "request_exact_leave_one_out",
     "resume_job",
 ]

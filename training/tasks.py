@@ -7,6 +7,8 @@ All are idempotent and acknowledged late, so a redelivered task is harmless.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 
 from config.celery import device_queue
@@ -40,6 +42,32 @@ def run_client(result_id: int) -> None:
 @shared_task(name="training.tasks.close_round")
 def close_round(round_id: int, at_deadline: bool = False) -> None:
     engine.close_round(round_id, at_deadline=at_deadline)
+
+
+@shared_task(name="training.tasks.analyse_rounds", bind=True, max_retries=120)
+def analyse_rounds(self: Any, job_id: int) -> list[int]:
+    """Client influence / attack success of every committed round not analysed yet (in order)."""
+    from training.analysis.influence import AnalysisBusy, analyse_job  # noqa: PLC0415
+
+    try:
+        return analyse_job(job_id).analysed
+    except AnalysisBusy as exc:  # another worker is analysing this job; what it leaves, we do after
+        raise self.retry(countdown=2) from exc
+
+
+# The replay retrains every other phone once per round per replayed phone: minutes on a small job.
+LOO_TIME_LIMIT_S = 3 * 3600
+
+
+@shared_task(
+    name="training.tasks.exact_leave_one_out",
+    soft_time_limit=LOO_TIME_LIMIT_S,
+    time_limit=LOO_TIME_LIMIT_S + 60,
+)
+def exact_leave_one_out(run_id: int) -> None:
+    from training.analysis.loo import run_exact_leave_one_out  # noqa: PLC0415
+
+    run_exact_leave_one_out(run_id)
 
 
 @shared_task(name="training.tasks.watchdog")
