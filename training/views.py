@@ -170,6 +170,7 @@ def snapshot_with_figures(job: Job) -> dict[str, Any]:
     snapshot = services.job_snapshot(job)
     snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"])
     add_availability(snapshot, job)
+    add_influence(snapshot, job)
     has_model = services.final_model_path(job) is not None
     snapshot["final_model_url"] = reverse("training:job-model", args=[job.pk]) if has_model else None
     return json_safe(snapshot)
@@ -180,6 +181,13 @@ def add_availability(snapshot: dict[str, Any], job: Job) -> None:
     report = availability_report.job_report(job)
     snapshot["figures"].update(availability_report.report_figures(report))
     snapshot["availability"] = report.summary()
+
+
+def add_influence(snapshot: dict[str, Any], job: Job) -> None:
+    """The client-influence section (ranking, heatmap, attack success, exclusions, exact LOO runs)."""
+    from training.analysis.snapshot import add_to_snapshot  # noqa: PLC0415 - pulls in the analysis maths
+
+    add_to_snapshot(job, snapshot)
 
 
 @json_endpoint
@@ -199,6 +207,45 @@ def job_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         messages.error(request, f"Could not {action} job #{job.pk}: {exc}.")
     else:
         messages.success(request, f"Job #{job.pk}: {action} requested.")
+    return redirect("training:job-detail", pk=job.pk)
+
+
+# --- client influence: exclude / include a phone, exact leave-one-out --------------------------------
+@require_POST
+@operator_required
+def participant_exclusion(request: HttpRequest, pk: int, device_id: int, action: str) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    participant = get_object_or_404(job.participants.select_related("device"), device_id=device_id)
+    name = participant.device.name
+    try:
+        if action == "exclude":
+            reason = request.POST.get("reason", "").strip()[:150] or "excluded by an operator"
+            changed = services.exclude_participant(job, participant, reason=reason, by=request.user)
+        else:
+            changed = services.include_participant(job, participant, by=request.user)
+    except services.JobActionError as exc:
+        messages.error(request, f"Could not {action} {name}: {exc}.")
+    else:
+        done = "excluded from" if action == "exclude" else "included again in"
+        if changed:
+            messages.success(request, f"{name} {done} job #{job.pk} from the next round on.")
+        else:
+            messages.info(request, f"{name} was already {done.split()[0]}.")
+    return redirect("training:job-detail", pk=job.pk)
+
+
+@require_POST
+@operator_required
+def run_exact_loo(request: HttpRequest, pk: int) -> HttpResponse:
+    job = get_object_or_404(Job, pk=pk)
+    try:
+        run = services.request_exact_leave_one_out(job, request.user)
+    except services.JobActionError as exc:
+        messages.error(request, f"Exact leave-one-out not started: {exc}.")
+    else:
+        messages.success(
+            request, f"Exact leave-one-out run #{run.pk} queued (rounds 1–{run.params['round']})."
+        )
     return redirect("training:job-detail", pk=job.pk)
 
 
