@@ -5,6 +5,8 @@
 // while a snapshot is loading are held and applied after it. Text from phones and users is only ever set
 // with textContent, never as HTML.
 
+import { renderInfluence } from "./job_influence.js";
+
 const root = document.getElementById("job-dashboard");
 const indicator = document.getElementById("live-indicator");
 const grid = document.getElementById("phone-grid");
@@ -266,6 +268,10 @@ function applyEvent(event) {
     case "job.log":
       prependLog(event.entry);
       break;
+    case "job.exclusion":
+    case "analysis.updated":
+      refreshSnapshot(); // influence rows, exclusion markers, an exact leave-one-out run's progress
+      break;
     default:
       break;
   }
@@ -282,6 +288,7 @@ async function loadSnapshot() {
   clients.clear();
   for (const client of snapshot.clients) clients.set(client.device, client);
   renderGrid();
+  renderInfluence(snapshot.influence, snapshot.figures); // before renderFigures: it unhides chart boxes
   renderFigures(snapshot.figures);
   renderLog(snapshot.log);
   renderParticipants(snapshot.participants);
