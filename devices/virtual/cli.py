@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from devices.virtual.lab import DEFAULT_BASE_PORT, LabConfig, LabThread, PhoneEndpoint
+from devices.virtual.misbehaviour import add_misbehaviour_arguments, misbehaviour_from_args
 from devices.virtual.scenarios import add_scenario_arguments, hold_from_args, scenario_from_args
 
 
@@ -28,6 +29,7 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-zygote", action="store_true", help="start a fresh interpreter per agent run (slower)"
     )
     add_scenario_arguments(parser)
+    add_misbehaviour_arguments(parser)
 
 
 def default_data_dir() -> Path:
@@ -49,6 +51,7 @@ def config_from_args(args: argparse.Namespace, *, default_keys: Path | None, dat
         use_zygote=not args.no_zygote,
         scenario=scenario_from_args(args),
         hold_online_s=hold_from_args(args),
+        misbehaviour=misbehaviour_from_args(args),
     )
 
 

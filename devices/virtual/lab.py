@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from devices.virtual.auth import KeyStore
+from devices.virtual.misbehaviour import Misbehaviour, apply_misbehaviour, write_record
 from devices.virtual.phone import VirtualPhone
 from devices.virtual.profile import PhoneProfile, load_profiles
 from devices.virtual.runner import ProgramRunner, SubprocessRunner
@@ -52,6 +53,7 @@ class LabConfig:
     # Hold every phone online for this many seconds (math.inf: until release_hold()), then start the
     # availability clock at 0 -- so a job can be prepared on every phone before the scenario begins.
     hold_online_s: float | None = None
+    misbehaviour: Misbehaviour | None = None  # K seeded phones get a behaviour (misbehaviour.py)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class VirtualLab:
             profiles = list(self.config.profiles)
         else:
             profiles = load_profiles(self.config.profiles_file, self.config.phones)
+        profiles = apply_misbehaviour(profiles, self.config.misbehaviour, self.config.seed)
         return apply_scenario(profiles, self.config.scenario)
 
     async def start(self) -> list[PhoneEndpoint]:
@@ -98,6 +101,11 @@ class VirtualLab:
         check_ports(self.config.base_port, len(profiles))
         lab_dir = Path(self.config.lab_dir).resolve()
         lab_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.misbehaviour is not None:  # the operator's record; the platform is not told
+            record = write_record(lab_dir, profiles)
+            log.warning(
+                "%d phones misbehave: %s", len(record), ", ".join(f"{k}={v}" for k, v in record.items())
+            )
         if self.config.keys_file is not None and not Path(self.config.keys_file).is_file():
             raise LabError(f"adb_keys file {self.config.keys_file} does not exist")
         if self.config.use_zygote:
