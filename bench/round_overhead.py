@@ -50,6 +50,12 @@ def main() -> None:
             reported = list(rnd.client_results.filter(state=ClientState.REPORTED))
             slowest_training = max(float(r.metrics.get("train_time_s", 0.0)) for r in reported)
             slowest_command = max(r.train_s for r in reported)
+            # Where a phone's non-training time goes: its agent process outside the SGD loop (start,
+            # load, write) and the platform's ADB traffic around it.
+            agent_outside_training = statistics.median(
+                r.train_s - float(r.metrics.get("train_time_s", 0.0)) for r in reported
+            )
+            last_report = max(r.reported_at for r in reported)
             rounds.append(
                 {
                     "round": rnd.number,
@@ -61,6 +67,8 @@ def main() -> None:
                     "push_s": round(rnd.push_s, 3),
                     "pull_s": round(rnd.pull_s, 3),
                     "aggregate_s": round(rnd.aggregate_s, 3),
+                    "phone_agent_outside_training_median_s": round(agent_outside_training, 3),
+                    "last_report_to_commit_s": round((rnd.finished_at - last_report).total_seconds(), 3),
                     "accuracy": rnd.accuracy,
                 }
             )

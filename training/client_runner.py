@@ -116,6 +116,11 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    """The finite numeric entries of an untrusted JSON object (bools are not numbers here)."""
+    return {str(k)[:64]: float(v) for k, v in values.items() if _number(v) is not None}
+
+
 def parse_agent_output(lines: Any, on_progress: ProgressRelay | None) -> AgentRun:
     run = AgentRun()
     for raw in lines:
@@ -145,24 +150,27 @@ def parse_agent_output(lines: Any, on_progress: ProgressRelay | None) -> AgentRu
     return run
 
 
-def ensure_agent(conn: adb.AdbConnection, remote: str) -> int:
-    """Push agent.pyz unless the phone already has this exact build; return bytes pushed."""
-    build = agent_build()
-    try:
-        current = conn.shell(f"sha256sum {shlex.quote(remote)}", timeout_s=30).split()
-    except adb.CommandFailed:
-        current = []
-    if current and current[0] == build.sha256:
-        return 0
-    return conn.push(build.path, remote)
+def remote_sha256(conn: adb.AdbConnection, paths: list[str], *, make_dirs: list[str]) -> dict[str, str]:
+    """Create `make_dirs` and hash `paths` on the phone in one command (one round trip, not three).
+
+    Missing files simply have no line; the output is untrusted text, so only well-formed
+    `<64 hex>  <one of our paths>` lines count."""
+    quoted_dirs = " ".join(shlex.quote(d) for d in make_dirs)
+    quoted_paths = " ".join(shlex.quote(p) for p in paths)
+    output = conn.shell(f"mkdir -p {quoted_dirs} && sha256sum {quoted_paths} 2>/dev/null", timeout_s=30)
+    hashes = {}
+    for line in output.splitlines():
+        digest, _, path = line.strip().partition("  ")
+        if path in paths and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+            hashes[path] = digest
+    return hashes
 
 
-def ensure_shard(conn: adb.AdbConnection, participant: Participant, remote: str) -> int:
-    current = conn.shell(f"sha256sum {shlex.quote(remote)} 2>/dev/null", timeout_s=30).split()
-    if current and current[0] == participant.shard_sha256:
-        return 0
-    local = storage.shard_path(participant.job_id, participant.client_index)
-    return conn.push(local, remote)
+def push_if_changed(
+    conn: adb.AdbConnection, local: Path, remote: str, sha256: str, current: dict[str, str]
+) -> int:
+    """Push `local` unless the phone already holds exactly this content; return the bytes pushed."""
+    return 0 if current.get(remote) == sha256 else conn.push(local, remote)
 
 
 def expected_upload_bytes(local_dir: Path) -> int:
@@ -208,10 +216,16 @@ def _run(result: ClientResult) -> None:
     with adb.connect(target, timeout_s=10) as conn:
         t0 = time.monotonic()
         _set_state(result, ClientState.PUSHING)
-        dirs = " ".join(shlex.quote(d) for d in (remote_round, storage.phone_state_dir(work_dir, job.pk)))
-        conn.run(f"mkdir -p {dirs}", timeout_s=30)
-        pushed = ensure_agent(conn, remote_agent)
-        pushed += ensure_shard(conn, participant, storage.phone_shard_path(work_dir, job.pk))
+        remote_shard = storage.phone_shard_path(work_dir, job.pk)
+        current = remote_sha256(
+            conn,
+            [remote_agent, remote_shard],
+            make_dirs=[remote_round, storage.phone_state_dir(work_dir, job.pk)],
+        )
+        build = agent_build()
+        pushed = push_if_changed(conn, build.path, remote_agent, build.sha256, current)
+        local_shard = storage.shard_path(job.pk, participant.client_index)
+        pushed += push_if_changed(conn, local_shard, remote_shard, participant.shard_sha256, current)
         for name in ("global.safetensors", "config.json"):
             pushed += conn.push(local_dir / name, f"{remote_round}/{name}")
         push_s = time.monotonic() - t0
@@ -272,7 +286,10 @@ def _accept(result: ClientResult, local_dir: Path, limit: int, pull_s: float) ->
     except (InvalidUpdate, ValueError, TypeError, OSError) as exc:
         _finish(result, ClientState.REJECTED, f"update rejected: {exc}", pull_s=pull_s, bytes_up=up)
         return
-    metrics = {k: v for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    metrics = _numbers(report)
+    timings = report.get("timings")
+    if isinstance(timings, dict):  # the agent's own phase timings (load, compute, write), kept for analysis
+        metrics.update({f"agent_{k}": v for k, v in _numbers(timings).items()})
     still_open = Q(round__status=RoundStatus.TRAINING)
     if not ClientResult.objects.filter(still_open, pk=result.pk).exists():
         _finish(result, ClientState.LATE, "reported after the round closed", pull_s=pull_s, bytes_up=up)
