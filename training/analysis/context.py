@@ -39,6 +39,7 @@ class JobAnalysisContext:
     server_lr: float
     influence_enabled: bool
     influence_reason: str  # why it is on or off, in words (shown on the dashboard)
+    identity: str = ""  # "<id>:<created_at>": files of an older job with the same id are not this job's
 
     @property
     def test(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,6 +94,7 @@ def job_context(job: Job) -> JobAnalysisContext:
         server_lr=float(server_lr) if isinstance(server_lr, int | float) else 1.0,
         influence_enabled=enabled,
         influence_reason=reason,
+        identity=f"{job.pk}:{job.created_at.isoformat()}",
     )
 
 

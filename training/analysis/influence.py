@@ -66,6 +66,7 @@ FISHER_NOTE = (
 )
 LOCK_WAIT_S = 60.0
 LOCK_FILE = "lock"
+JOB_KEY = "fedfleet.job"  # safetensors metadata: which job the state belongs to (JobAnalysisContext.identity)
 
 
 class AnalysisBusy(RuntimeError):
@@ -111,10 +112,19 @@ def load_tracker(context: JobAnalysisContext) -> InfluenceTracker:
     if path.exists():
         spec = context.model_spec
         try:
+            if _state_owner(path) != context.identity:
+                raise ValueError("the file belongs to an earlier job with the same id")
             return InfluenceTracker.load(path, lambda: build_model_from_spec(spec), context.test)
         except (ValueError, KeyError, OSError) as exc:  # rebuilt by replaying the recorded rounds
-            log.warning("job %s: influence state unreadable (%s); rebuilding it", context.job_id, exc)
+            log.warning("job %s: influence state not usable (%s); rebuilding it", context.job_id, exc)
     return new_tracker(context)
+
+
+def _state_owner(path: Any) -> str | None:
+    from safetensors import safe_open  # noqa: PLC0415
+
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get(JOB_KEY)
 
 
 def save_tracker(context: JobAnalysisContext, tracker: InfluenceTracker) -> None:
@@ -123,7 +133,8 @@ def save_tracker(context: JobAnalysisContext, tracker: InfluenceTracker) -> None
     from training.fl.influence import META_KEY  # noqa: PLC0415
 
     tensors, meta = tracker.state()
-    save_tensors(storage.influence_state_path(context.job_id), tensors, {META_KEY: json.dumps(meta)})
+    metadata = {META_KEY: json.dumps(meta), JOB_KEY: context.identity}
+    save_tensors(storage.influence_state_path(context.job_id), tensors, metadata)
 
 
 def observe(context: JobAnalysisContext, tracker: InfluenceTracker, recorded: RecordedRound) -> RoundCost:
