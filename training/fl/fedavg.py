@@ -23,6 +23,7 @@ from training.fl.strategy import (
     ServerState,
     Strategy,
     Weights,
+    round_counts,
 )
 
 
@@ -58,10 +59,7 @@ class FedAvg(Strategy):
         updates: Sequence[ClientUpdate],
         failures: Sequence[ClientFailure],
     ) -> tuple[ServerState, dict[str, float]]:
-        ids = [u.client_id for u in updates]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate client updates in round {round_no}: {sorted(ids)}")
-        metrics: dict[str, float] = {"num_reported": float(len(updates)), "num_failed": float(len(failures))}
+        metrics = round_counts(round_no, updates, failures)
         if not updates:
             return state, metrics
         names = list(state.weights)

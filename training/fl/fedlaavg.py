@@ -55,6 +55,7 @@ from training.fl.strategy import (
     ServerState,
     Strategy,
     Weights,
+    round_counts,
 )
 
 G_PREFIX = "fedlaavg.G."
@@ -177,9 +178,8 @@ class FedLaAvg(Strategy):
         updates: Sequence[ClientUpdate],
         failures: Sequence[ClientFailure],
     ) -> tuple[ServerState, dict[str, float]]:
+        counts = round_counts(round_no, updates, failures)
         ids = [u.client_id for u in updates]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate client updates in round {round_no}: {sorted(ids)}")
         params = trained_params(state.weights)
         last_round = dict(state.meta.get(LAST_ROUND_META, {}))
         newly_seen = {cid for cid in ids if cid not in last_round}
@@ -214,8 +214,7 @@ class FedLaAvg(Strategy):
         meta = {**state.meta, LAST_ROUND_META: last_round, LAST_FAILED_META: last_failed}
 
         metrics = {
-            "num_reported": float(len(updates)),
-            "num_failed": float(len(failures)),
+            **counts,
             # Clients whose stale G_i still steers the model this round.
             "num_stale": float(len(set(last_round) - set(ids))),
             "num_never_seen": float(self.num_clients - len(last_round)),

@@ -66,6 +66,7 @@ from training.fl.strategy import (
     ServerState,
     Strategy,
     Weights,
+    round_counts,
 )
 
 C_PREFIX = "scaffold.c."
@@ -141,13 +142,9 @@ class Scaffold(Strategy):
         updates: Sequence[ClientUpdate],
         failures: Sequence[ClientFailure],
     ) -> tuple[ServerState, dict[str, float]]:
-        ids = [u.client_id for u in updates]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate client updates in round {round_no}: {sorted(ids)}")
         params = controlled_params(state.weights)
         metrics = {
-            "num_reported": float(len(updates)),
-            "num_failed": float(len(failures)),
+            **round_counts(round_no, updates, failures),
             "scaffold_ci_resets": float(sum(u.metrics.get(CI_RESET_METRIC, 0.0) > 0 for u in updates)),
         }
         if not updates:
@@ -162,7 +159,10 @@ class Scaffold(Strategy):
             # (|S|/N)·mean(Δc) is Σ Δc / N: each reporting phone's c_i moved by Δc, and c is their mean.
             buffers[c_key(p)] = state.buffers[c_key(p)] + sum_dc[p] / self.num_clients
 
-        last_round = {**state.meta.get(LAST_ROUND_META, {}), **dict.fromkeys(ids, round_no)}
+        last_round = {
+            **state.meta.get(LAST_ROUND_META, {}),
+            **dict.fromkeys((u.client_id for u in updates), round_no),
+        }
         meta = {**state.meta, LAST_ROUND_META: last_round}
         metrics["delta_norm"] = _global_norm(mean_dy.values())
         # Traffic: every selected phone downloaded x and c; every reporter uploaded Δy and Δc.

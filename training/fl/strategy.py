@@ -86,6 +86,17 @@ class ServerState:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def round_counts(
+    round_no: int, updates: Sequence[ClientUpdate], failures: Sequence[ClientFailure]
+) -> dict[str, float]:
+    """The counts every strategy records for a round; refuses two updates from one client, which
+    would silently double its weight."""
+    ids = [u.client_id for u in updates]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate client updates in round {round_no}: {sorted(ids)}")
+    return {"num_reported": float(len(updates)), "num_failed": float(len(failures))}
+
+
 class Strategy(ABC):
     """One module per strategy implements this; see the module docstring for the round order."""
 
