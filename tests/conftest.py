@@ -25,7 +25,6 @@ Tests that use workers or Daphne must use `transactional_db` (data committed, vi
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -40,6 +39,8 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+
+from config.ports import free_port, free_port_range
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -60,30 +61,6 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what or condition}")
         time.sleep(interval_s)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port_range(count: int) -> int:
-    """A first port P with P..P+count-1 free, away from adb's 5555-5585 scan range."""
-    for _ in range(200):
-        first = random.randrange(20000, 60000 - count)
-        if all(_port_free(first + i) for i in range(count)):
-            return first
-    raise RuntimeError("no free port range found")
 
 
 def _answers_tcp(port: int) -> bool:

@@ -7,8 +7,6 @@ that no phone trusts. Nothing here sleeps to synchronise: readiness is the lab's
 
 from __future__ import annotations
 
-import random
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from config.ports import free_port_range as free_base_port
 from devices import adb
 from devices.adb_identity import AdbIdentity, load_or_create_identity
 from devices.virtual.lab import LabConfig, LabThread, PhoneEndpoint
@@ -33,24 +32,6 @@ def wait_for(condition: Callable[[], Any], *, timeout_s: float = 20.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.02)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port(count: int) -> int:
-    """A first port P with P..P+count-1 free, far from adb's 5555-5585 scan range."""
-    for _ in range(200):
-        first = random.randrange(20000, 60000 - count)
-        if all(_port_free(first + offset) for offset in range(count)):
-            return first
-    raise RuntimeError("no free port range")
 
 
 @pytest.fixture(scope="session")
