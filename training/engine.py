@@ -45,6 +45,7 @@ from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors, save_tensor
 from training.job_config import JobConfig, parse_job_config, strategy_params
 from training.models import (
     IN_FLIGHT_STATES,
+    OPEN_ROUND_STATUSES,
     ClientResult,
     ClientState,
     Job,
@@ -195,11 +196,7 @@ def _start_running(job: Job) -> None:
 
 
 def open_round(job: Job) -> Round | None:
-    return (
-        job.rounds.filter(status__in=(RoundStatus.CONFIGURING, RoundStatus.TRAINING, RoundStatus.AGGREGATING))
-        .order_by("-number", "-attempt")
-        .first()
-    )
+    return job.rounds.filter(status__in=OPEN_ROUND_STATUSES).order_by("-number", "-attempt").first()
 
 
 def _round_rng(config: JobConfig, round_no: int, attempt: int) -> random.Random:

@@ -125,6 +125,8 @@ class RoundStatus(models.TextChoices):
     ABANDONED = "abandoned", "Abandoned"
 
 
+OPEN_ROUND_STATUSES = (RoundStatus.CONFIGURING, RoundStatus.TRAINING, RoundStatus.AGGREGATING)
+
 ROUND_BADGES = {
     "configuring": "info",
     "training": "primary",

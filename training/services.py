@@ -17,10 +17,13 @@ from training import leases, storage
 from training.events import send_job_event
 from training.job_config import JobConfig, parse_job_config
 from training.models import (
+    IN_FLIGHT_STATES,
+    OPEN_ROUND_STATUSES,
     AnalysisKind,
     AnalysisRun,
     AnalysisStatus,
     ClientResult,
+    ClientState,
     Exclusion,
     ExclusionAction,
     Job,
@@ -122,6 +125,14 @@ def cancel_job(job: Job, by: AbstractBaseUser) -> None:
         if not _set_status(job, JobStatus.CANCELLED, allowed_from=active, finished_at=timezone.now()):
             raise JobActionError(f"a {job.status} job cannot be cancelled")
         log(job.pk, f"cancelled by {by.get_username()}", level=LogLevel.WARNING)
+        # Work in flight stops counting: phones still training see their result is no longer in
+        # flight and stop at the next step boundary the runner checks; the open round is closed.
+        ClientResult.objects.filter(job=job, state__in=IN_FLIGHT_STATES).update(
+            state=ClientState.DROPPED, reason="the job was cancelled"
+        )
+        Round.objects.filter(job=job, status__in=OPEN_ROUND_STATUSES).update(
+            status=RoundStatus.ABANDONED, finished_at=timezone.now(), reason="the job was cancelled"
+        )
         leases.release_job(job.pk)
 
 

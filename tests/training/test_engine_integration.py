@@ -237,3 +237,47 @@ def test_worker_killed_mid_round_resumes_without_losing_or_repeating_rounds(
     assert committed_numbers(job) == [1, 2, 3, 4]  # none lost, none counted twice
     assert job.committed_rounds == 4
     assert Round.objects.filter(job=job, number=2).count() >= 1
+
+
+def test_pause_finishes_the_round_then_resume_and_cancel(
+    celery_worker: dict[str, ManagedProcess], virtual_phones: Callable[..., VirtualLab]
+) -> None:
+    from training.services import JobActionError, cancel_job, pause_job, resume_job
+
+    register(virtual_phones(3, seed=61), "pause")
+    job = launch("pause", rounds=6, clients_per_round=2)
+    owner = job.owner
+    wait_until(
+        lambda: Round.objects.filter(job=job, number=1).exists(), timeout_s=JOB_TIMEOUT_S, what="round 1"
+    )
+    pause_job(job, owner)
+    # The round in flight still commits; no round starts after it.
+    wait_until(
+        lambda: (
+            not Round.objects.filter(job=job)
+            .exclude(status__in=[RoundStatus.COMMITTED, RoundStatus.ABANDONED])
+            .exists()
+        ),
+        timeout_s=JOB_TIMEOUT_S,
+        what="the open round to finish",
+    )
+    job.refresh_from_db()
+    paused_at = job.committed_rounds
+    assert job.status == JobStatus.PAUSED and paused_at >= 1
+    assert not Device.objects.filter(lease_job_id=job.pk).exists()  # phones are free while paused
+    with pytest.raises(JobActionError):
+        pause_job(job, owner)
+
+    resume_job(job, owner)
+    wait_until(
+        lambda: Job.objects.get(pk=job.pk).committed_rounds > paused_at,
+        timeout_s=JOB_TIMEOUT_S,
+        what="a round after resuming",
+    )
+    job.refresh_from_db()
+    cancel_job(job, owner)
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED and job.finished_at is not None
+    assert committed_numbers(job) == list(range(1, job.committed_rounds + 1))
+    with pytest.raises(JobActionError):
+        resume_job(job, owner)
