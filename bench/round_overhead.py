@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", default="mlp", help="mlp (the default job), cnn or logreg")
+    parser.add_argument("--epochs", type=int, default=None, help="local epochs (default: the job default)")
     args = parser.parse_args()
 
     with BenchLab(args.phones, seed=args.seed) as lab:
@@ -36,7 +38,8 @@ def main() -> None:
                 "name": "bench-round-overhead",
                 "dataset": "digits",
                 "partition": "iid",
-                "model": "mlp",
+                "model": args.model,
+                **({"local_epochs": args.epochs} if args.epochs else {}),
                 "algorithm": "fedavg",
                 "rounds": args.rounds,
                 "clients_per_round": args.per_round,
@@ -80,6 +83,8 @@ def main() -> None:
                 "benchmark": "round_overhead",
                 "job_status": job.status,
                 "phones": args.phones,
+                "model": args.model,
+                "local_epochs": job.config["local_epochs"],
                 "per_round": args.per_round,
                 "rounds": rounds,
                 "overhead_median_s": round(statistics.median(overheads), 3) if overheads else None,
