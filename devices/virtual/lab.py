@@ -103,9 +103,8 @@ class VirtualLab:
         lab_dir.mkdir(parents=True, exist_ok=True)
         if self.config.misbehaviour is not None:  # the operator's record; the platform is not told
             record = write_record(lab_dir, profiles)
-            log.warning(
-                "%d phones misbehave: %s", len(record), ", ".join(f"{k}={v}" for k, v in record.items())
-            )
+            # info, not warning: the lab's stdout/stderr carry the phone lines that scripts parse
+            log.info("%d phones misbehave: %s", len(record), ", ".join(f"{k}={v}" for k, v in record.items()))
         if self.config.keys_file is not None and not Path(self.config.keys_file).is_file():
             raise LabError(f"adb_keys file {self.config.keys_file} does not exist")
         if self.config.use_zygote:

@@ -8,7 +8,7 @@ The chosen phones get the behaviour in their profile; the virtual phone hands it
 FEDFLEET_BEHAVIOUR (runner.agent_environment), and the agent acts it out (training/fl/misbehaviour.py has
 the behaviours and their parameters). The platform is not told: nothing the phone answers over ADB
 reveals it. The person running the lab is: the choice is written to `<lab dir>/misbehaving.json`
-(serial -> behaviour) and noted on stderr, so a benchmark can score a detector against it.
+(serial -> behaviour) and logged at info level, so a benchmark can score a detector against it.
 
 This module only checks the spec's shape (names and key=value pairs): devices never import training, and
 the agent reports a bad parameter in its first round.

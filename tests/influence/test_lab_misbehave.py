@@ -80,7 +80,7 @@ ENV_SCRIPT = "import os\nprint('behaviour=' + os.environ.get('FEDFLEET_BEHAVIOUR
 
 def test_only_the_chosen_phones_agents_see_the_behaviour(
     tmp_path: Path,
-    identity: AdbIdentity,
+    identity: AdbIdentity,  # noqa: F811
     keys_file: Path,  # noqa: F811
 ) -> None:
     script = tmp_path / "env.py"
