@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -121,7 +121,20 @@ def _file_sha256(path: Any) -> str:
 
 
 def prepare_job(job_id: int) -> None:
-    """Split the data among the eligible phones, write their shards and the initial model."""
+    """Split the data among the eligible phones, write their shards and the initial model. A job that
+    cannot be prepared (a bug, bad parameters the validator missed) fails with the reason."""
+    try:
+        _prepare_job(job_id)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.exception("preparing job %s failed", job_id)
+        services.fail_job(
+            Job.objects.get(pk=job_id), f"preparing the job failed: {type(exc).__name__}: {exc}"
+        )
+
+
+def _prepare_job(job_id: int) -> None:
     job = Job.objects.get(pk=job_id)
     if job.status != JobStatus.QUEUED:
         return
@@ -248,7 +261,21 @@ def _unavailable_state(participant: Participant, job_id: int) -> str:
 
 
 def start_round(job_id: int) -> None:
-    """Begin the next round of a running job, unless one is already open (idempotent)."""
+    """Begin the next round of a running job, unless one is already open (idempotent). If that fails,
+    the job is paused with the reason (resumable once the cause is fixed), never left spinning."""
+    try:
+        _start_round(job_id)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.exception("starting a round of job %s failed", job_id)
+        leases.release_job(job_id)
+        services.pause_for_operator(
+            Job.objects.get(pk=job_id), f"starting the next round failed: {type(exc).__name__}: {exc}"
+        )
+
+
+def _start_round(job_id: int) -> None:
     from training import tasks  # noqa: PLC0415
 
     started = time.monotonic()
@@ -420,6 +447,19 @@ def close_round(round_id: int, *, at_deadline: bool = False) -> None:
     _aggregate(rnd)
 
 
+def _aggregate(rnd: Round) -> None:
+    """Aggregate, or abandon the round with the reason if that fails: a round that cannot be aggregated
+    must not sit in `aggregating` forever (the watchdog would retry it in vain). Database errors are
+    left to propagate: they are usually transient ("database is locked") and the watchdog retries."""
+    try:
+        _aggregate_round(rnd)
+    except DatabaseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any bug or bad data: record it, keep the job moving
+        log.exception("aggregating %s failed", rnd)
+        _abandon(rnd, f"aggregation failed: {type(exc).__name__}: {exc}")
+
+
 def _mark_stragglers(rnd: Round) -> None:
     """Phones still in flight when the round closes are late; reports beyond the goal are recorded too."""
     now = timezone.now()
@@ -439,7 +479,7 @@ def _mark_stragglers(rnd: Round) -> None:
         )
 
 
-def _aggregate(rnd: Round) -> None:
+def _aggregate_round(rnd: Round) -> None:
     from training import tasks  # noqa: PLC0415
 
     started = time.monotonic()

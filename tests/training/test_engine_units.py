@@ -1,0 +1,126 @@
+"""The round engine's decisions on recorded rows (no workers): what closes a round, which phones are
+stragglers, and that a crash in preparation, selection or aggregation is recorded, never left spinning."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from devices.models import DeviceStatus
+from tests.training.web_factories import add_client, make_device, make_job, make_round, operator  # noqa: F401
+from training import engine
+from training.models import ClientState, JobStatus, Participant, RoundStatus
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple]]:
+    """Record what the engine would enqueue (unit tests have no broker)."""
+    from training import tasks  # noqa: PLC0415
+
+    sent: list[tuple[str, tuple]] = []
+    for name in ("start_job", "start_round", "close_round", "run_client"):
+        task = getattr(tasks, name)
+        monkeypatch.setattr(task, "delay", lambda *a, _n=name, **k: sent.append((_n, a)))
+        monkeypatch.setattr(task, "delay_on_commit", lambda *a, _n=name, **k: sent.append((_n, a)))
+        monkeypatch.setattr(
+            task, "apply_async", lambda a=(), k=None, _n=name, **o: sent.append((_n, tuple(a)))
+        )
+        monkeypatch.setattr(
+            task, "apply_async_on_commit", lambda a=(), k=None, _n=name, **o: sent.append((_n, tuple(a)))
+        )
+    return sent
+
+
+def _round_with(states: list[str], *, goal: int, job: Any) -> Any:
+    rnd = make_round(job, 1, status=RoundStatus.TRAINING)
+    rnd.goal = goal
+    rnd.deadline_at = timezone.now() + timedelta(minutes=5)
+    rnd.save(update_fields=["goal", "deadline_at"])
+    for index, state in enumerate(states):
+        add_client(rnd, make_device(f"p{index}"), state=state)
+    return rnd
+
+
+@pytest.mark.parametrize(
+    ("states", "goal", "ready"),
+    [
+        (["reported", "reported", "training"], 2, True),  # goal reached
+        (["reported", "training", "training"], 2, False),  # still waiting
+        (["reported", "failed", "late"], 3, True),  # nobody left in flight
+        (["pushing", "selected", "pulling"], 1, False),
+    ],
+)
+def test_round_ready_to_close(operator: Any, states: list[str], goal: int, ready: bool) -> None:  # noqa: F811
+    rnd = _round_with(states, goal=goal, job=make_job(operator))
+    assert engine.round_ready_to_close(rnd) is ready
+
+
+def test_stragglers_are_marked_late_with_the_reason(operator: Any) -> None:  # noqa: F811
+    rnd = _round_with(["reported", "reported", "reported", "training"], goal=2, job=make_job(operator))
+    engine._mark_stragglers(rnd)
+    states = sorted(rnd.client_results.values_list("state", "reason"))
+    assert [s for s, _ in states].count(ClientState.REPORTED) == 2
+    late = [r for s, r in states if s == ClientState.LATE]
+    assert sorted(late) == ["goal reached before it reported", "reported after the goal count was reached"]
+
+
+def test_aggregation_crash_abandons_the_round_with_the_reason(
+    operator: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    no_broker: list,
+) -> None:
+    rnd = _round_with(["reported"], goal=1, job=make_job(operator))
+    engine.Round.objects.filter(pk=rnd.pk).update(status=RoundStatus.AGGREGATING)
+    rnd.refresh_from_db()
+
+    def boom(_rnd: Any) -> None:
+        raise ValueError("tensors do not line up")
+
+    monkeypatch.setattr(engine, "_aggregate_round", boom)
+    engine._aggregate(rnd)
+    rnd.refresh_from_db()
+    assert rnd.status == RoundStatus.ABANDONED
+    assert rnd.reason == "aggregation failed: ValueError: tensors do not line up"
+    assert ("start_round", (rnd.job_id,)) in no_broker  # retried as a new attempt
+
+
+def test_preparation_crash_fails_the_job(operator: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    job = make_job(operator, status=JobStatus.QUEUED)
+    monkeypatch.setattr(engine, "_prepare_job", lambda job_id: 1 / 0)
+    engine.prepare_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert "ZeroDivisionError" in job.error
+
+
+def test_selection_crash_pauses_the_job_and_frees_its_phones(
+    operator: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = make_job(operator)
+    phone = make_device("leased", status=DeviceStatus.BUSY, lease_job_id=job.pk)
+    monkeypatch.setattr(
+        engine.storage, "load_checkpoint", lambda *a: (_ for _ in ()).throw(OSError("disk gone"))
+    )
+    Participant.objects.create(job=job, device=phone, client_index=0, num_samples=10, shard_sha256="0" * 64)
+    engine.start_round(job.pk)
+    job.refresh_from_db()
+    phone.refresh_from_db()
+    assert job.status == JobStatus.PAUSED
+    assert phone.lease_job_id is None
+    assert "disk gone" in job.log_entries.first().message
+
+
+def test_watchdog_redrives_rounds_past_their_deadline(operator: Any, no_broker: list) -> None:  # noqa: F811
+    job = make_job(operator)
+    rnd = make_round(job, 1, status=RoundStatus.TRAINING)
+    engine.Round.objects.filter(pk=rnd.pk).update(deadline_at=timezone.now() - timedelta(minutes=5))
+    idle = make_job(operator, name="no round yet")
+    engine.watchdog()
+    assert ("close_round", (rnd.pk,)) in no_broker
+    assert ("start_round", (idle.pk,)) in no_broker
