@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import math
 import time
@@ -285,12 +286,22 @@ class AnalysisOutcome:
     reason: str
 
 
+@functools.cache
+def warm_up() -> None:
+    """torch.func's first call imports torch._dynamo and friends (about a second): once per worker
+    process, outside the timed estimate, so a round's recorded cost is the estimate's own."""
+    from torch.func import grad  # noqa: PLC0415
+
+    grad(lambda x: (x * x).sum())(torch.zeros(1))
+
+
 def analyse_job(job_id: int, *, lock_timeout_s: float = LOCK_WAIT_S) -> AnalysisOutcome:
     """Analyse every committed round of the job not analysed yet, in order (see the module docstring)."""
     job = Job.objects.get(pk=job_id)
     context = job_context(job)
     if not context.has_work:
         return AnalysisOutcome([], [], False, context.influence_reason)
+    warm_up()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a prefork worker shares the machine with its siblings and the phones
     try:
