@@ -49,6 +49,7 @@ from training.fl.influence import FISHER_SOURCE, InfluenceConfig, InfluenceTrack
 from training.fl.misbehaviour import Trigger, backdoor_success_rate
 from training.fl.nets import build_model_from_spec, set_weights
 from training.fl.wire import save_tensors
+from training.job_config import INFLUENCE_ALGORITHMS
 from training.models import (
     ClientInfluence,
     Exclusion,
@@ -362,4 +363,7 @@ def _note_settings(job: Job, context: JobAnalysisContext) -> None:
 
 def should_analyse(job_config: dict[str, Any]) -> bool:
     """Cheap check for the round_committed receiver (no data loaded): may this job need analysis?"""
-    return job_config.get("influence", "auto") != "off" or bool(job_config.get("backdoor_test"))
+    influence = (
+        job_config.get("influence", "auto") != "off" and job_config.get("algorithm") in INFLUENCE_ALGORITHMS
+    )
+    return influence or bool(job_config.get("backdoor_test"))

@@ -3,6 +3,7 @@ exact leave-one-out runs, read from the rows the analysis wrote (views add it to
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -16,6 +17,7 @@ from training.fl.influence import InfluenceConfig
 from training.models import AnalysisKind, AnalysisRun, AnalysisStatus, ClientInfluence, Job, RoundAnalysis
 
 RUNS_SHOWN = 5
+log = logging.getLogger(__name__)
 
 
 def _score(row: dict[str, Any]) -> float:
@@ -137,8 +139,18 @@ def influence_section(job: Job) -> tuple[dict[str, Any], dict[str, Figure]]:
 
 
 def add_to_snapshot(job: Job, snapshot: dict[str, Any]) -> None:
-    """Add the influence section and figures, and exclusion markers on the accuracy chart."""
-    section, figures = influence_section(job)
+    """Add the influence section and figures, and exclusion markers on the accuracy chart. A failure here
+    must not blank the rest of the dashboard: it is logged and the section says it is unavailable."""
+    try:
+        section, figures = influence_section(job)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("job %s: influence section failed", job.pk)
+        snapshot["influence"] = {
+            "enabled": False,
+            "reason": f"unavailable ({type(exc).__name__})",
+            "ranking": [],
+        }
+        return
     snapshot["influence"] = section
     snapshot.setdefault("figures", {}).update(figures)
     accuracy = snapshot["figures"].get("accuracy_loss")
