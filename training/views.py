@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import math
+import statistics
 from typing import Any
 
 from django.contrib import messages
@@ -322,6 +323,18 @@ class ComparedJob:
     rounds_to_target: int | None
     final_accuracy: float | None
     best_accuracy: float | None
+    # The comparison FedLaAvg is about: how much accuracy swings at the end, and how biased the updates were.
+    oscillation: float | None = None  # std of the accuracy over the last OSCILLATION_ROUNDS committed rounds
+    mean_bias: float | None = None  # mean per-round availability bias (TV distance)
+
+
+OSCILLATION_ROUNDS = 10
+
+
+def accuracy_oscillation(accuracies: list[float], last: int = OSCILLATION_ROUNDS) -> float | None:
+    """Population standard deviation of the last `last` accuracies (None with fewer than two)."""
+    tail = accuracies[-last:]
+    return statistics.pstdev(tail) if len(tail) >= 2 else None
 
 
 @require_GET
@@ -340,6 +353,8 @@ def job_compare(request: HttpRequest) -> HttpResponse:
                 rounds_to_target=charts.rounds_to_target(rounds, target),
                 final_accuracy=charts.final_accuracy(rounds),
                 best_accuracy=max(accuracies, default=None),
+                oscillation=accuracy_oscillation(accuracies),
+                mean_bias=availability_report.job_report(job, max_rounds=0).summary()["mean_tv"],
             )
         )
     missing = [i for i in ids if i not in jobs_by_id]
@@ -355,5 +370,6 @@ def job_compare(request: HttpRequest) -> HttpResponse:
             "selected_ids": [job.pk for job in jobs],
             "figure": json_safe(charts.compare_accuracy_figure(series, target=target)),
             "recent_jobs": Job.objects.select_related("owner")[:30],
+            "oscillation_rounds": OSCILLATION_ROUNDS,
         },
     )

@@ -194,3 +194,16 @@ def test_scaffold_ci_reset_is_noted_in_the_job_log(operator: Any) -> None:
     add_client(quiet, kept, "reported", num_samples=10, metrics={CI_RESET_METRIC: 0.0})
     scaffold_notes.note_ci_resets(None, round_id=quiet.pk, job_id=job.pk)
     assert JobLogEntry.objects.filter(job=job).count() == 1
+
+
+def test_compare_page_shows_oscillation_and_bias_next_to_rounds_to_target(
+    viewer: Any, availability_job: tuple[Job, list[Device]]
+) -> None:
+    job, _ = availability_job
+    response = logged_in(viewer).get(reverse("training:job-compare"), {"ids": str(job.pk), "target": "0.55"})
+    (row,) = response.context["rows"]
+    assert row.rounds_to_target == 2 and row.final_accuracy == 0.6
+    assert row.oscillation == pytest.approx(0.05) and row.mean_bias == 0.5
+    page = response.content.decode()
+    assert "±5.0%" in page and "0.500" in page
+    assert response.context["figure"]["data"][0]["y"] == [0.5, 0.6]
