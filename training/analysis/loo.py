@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any
 
+import torch
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db.models import Sum
 from django.utils import timezone
@@ -151,7 +152,19 @@ def _set_progress(run: AnalysisRun, done: int, total: int, message: str) -> None
 
 
 def run_exact_leave_one_out(run_id: int) -> None:
-    """The task body: replay, compare, record. A redelivered task reruns a run left "running"."""
+    """The task body: replay, compare, record. A redelivered task reruns a run left "running".
+
+    Single-threaded like the agent on a phone (OMP_NUM_THREADS=1): honest replays then reproduce the
+    phones' float results, and tiny models do not pay for thread contention on a shared worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run(run_id)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(run_id: int) -> None:
     run = AnalysisRun.objects.select_related("job", "requested_by").get(pk=run_id)
     if run.status in (AnalysisStatus.COMPLETED, AnalysisStatus.FAILED):
         return
