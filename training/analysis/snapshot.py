@@ -37,7 +37,7 @@ def ranking(job: Job, rows: list[dict[str, Any]], exact: AnalysisRun | None) -> 
     """Every participant at the last analysed round, most harmful first (then the untracked ones)."""
     last = max((r["round_number"] for r in rows), default=None)
     at_last = {r["device_id"]: r for r in rows if r["round_number"] == last}
-    selected = defaultdict(int)
+    selected: defaultdict[int, int] = defaultdict(int)
     for r in rows:
         selected[r["device_id"]] += int(r["selected"])
     exact_clients = (exact.result.get("clients") or {}) if exact else {}
