@@ -226,8 +226,18 @@ def _run(result: ClientResult) -> None:
         pushed = push_if_changed(conn, build.path, remote_agent, build.sha256, current)
         local_shard = storage.shard_path(job.pk, participant.client_index)
         pushed += push_if_changed(conn, local_shard, remote_shard, participant.shard_sha256, current)
+        request: RequestStep | None = None
+        if needs_request(job):  # submodel jobs: the phone's index request decides what it downloads
+            request = _request_step(
+                conn, result, participant, local_dir, remote_round, remote_agent, remaining
+            )
+            if request is None:
+                return
+            pushed += request.bytes_down
+        payload_down = request.bytes_down if request is not None else 0
         for name in ("global.safetensors", "config.json"):
-            pushed += conn.push(local_dir / name, f"{remote_round}/{name}")
+            payload_down += conn.push(local_dir / name, f"{remote_round}/{name}")
+        pushed += payload_down - (request.bytes_down if request is not None else 0)
         push_s = time.monotonic() - t0
 
         t1 = time.monotonic()
@@ -264,13 +274,113 @@ def _run(result: ClientResult) -> None:
         pull_s = time.monotonic() - t2
         conn.shell(f"rm -rf {shlex.quote(remote_round)}", timeout_s=30)
 
-    _accept(result, local_dir, limit, pull_s)
+    _accept(result, local_dir, limit, pull_s, request, payload_down)
 
 
-def _accept(result: ClientResult, local_dir: Path, limit: int, pull_s: float) -> None:
+# --------------------------------------------------------------- submodel jobs: the request step
+
+
+@dataclass(frozen=True)
+class RequestStep:
+    """What the request step moved: the union payload down, the request up (both count as traffic)."""
+
+    bytes_down: int
+    bytes_up: int
+    rows: int
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "request_bytes_down": float(self.bytes_down),
+            "request_bytes_up": float(self.bytes_up),
+            "request_rows": float(self.rows),
+        }
+
+
+def needs_request(job: Any) -> bool:
+    from training.engine import job_needs_request  # noqa: PLC0415 - engine imports the model stack
+
+    return job_needs_request(job)
+
+
+def _request_step(
+    conn: adb.AdbConnection,
+    result: ClientResult,
+    participant: Participant,
+    local_dir: Path,
+    remote_round: str,
+    remote_agent: str,
+    remaining: float,
+) -> RequestStep | None:
+    """Get this phone's index request (once per round attempt), check and record it, then write its
+    submodel download (engine.configure_client). None: the phone failed or was rejected (recorded).
+
+    A redelivered task finds the request recorded and does not ask the phone again: a second
+    randomized answer for the same round would let the server average two draws of the per-round stage.
+    """
+    from training import engine, submodel_rounds  # noqa: PLC0415
+
+    rnd, device = result.round, result.device
+    down = up = 0
+    recorded = submodel_rounds.recorded_request_path(local_dir)
+    if not recorded.exists():
+        for name in ("global.safetensors", "config.json"):  # U and the request config
+            down += conn.push(local_dir / name, f"{remote_round}/{name}")
+        send_job_event(
+            result.job_id, "device.progress", round=rnd.number, device=device.pk, state="requesting"
+        )
+        command = (
+            f"{agent_python_command(device.agent_python)} {shlex.quote(remote_agent)} request "
+            f"{shlex.quote(remote_round)}; echo {EXIT_MARKER}$?"
+        )
+        run = parse_agent_output(conn.stream_lines(command, timeout_s=remaining), None)
+        if run.exit_code != 0:
+            why = run.error or (run.tail[-1] if run.tail else "no output")
+            _finish(result, ClientState.FAILED, f"index request: agent exited with {run.exit_code}: {why}")
+            return None
+        remote = f"{remote_round}/{submodel_rounds.REQUEST_FILE}"
+        info = conn.stat(remote)
+        limit = engine.max_request_bytes(rnd)
+        if info is None:
+            _finish(result, ClientState.FAILED, "the agent wrote no index request")
+            return None
+        if info.size > limit:
+            _finish(
+                result,
+                ClientState.REJECTED,
+                f"index request rejected: {info.size} bytes, more than the whole union ({limit} bytes)",
+            )
+            return None
+        pulled = local_dir / "request.pulled.safetensors"
+        up = conn.pull(remote, pulled)
+        try:
+            tensors = load_tensors(pulled, max_bytes=limit)
+        except InvalidUpdate as exc:
+            _finish(result, ClientState.REJECTED, f"index request rejected: {exc}", bytes_up=up)
+            return None
+        errors = engine.request_errors(rnd, tensors)
+        if errors:
+            _finish(result, ClientState.REJECTED, "index request rejected: " + "; ".join(errors), bytes_up=up)
+            return None
+        submodel_rounds.record_request(local_dir, tensors)
+    else:
+        up = recorded.stat().st_size
+    rows = sum(int(t.numel()) for t in load_tensors(recorded, max_bytes=recorded.stat().st_size).values())
+    engine.configure_client(rnd, participant)
+    return RequestStep(bytes_down=down, bytes_up=up, rows=rows)
+
+
+def _accept(
+    result: ClientResult,
+    local_dir: Path,
+    limit: int,
+    pull_s: float,
+    request: RequestStep | None = None,
+    payload_down: int | None = None,
+) -> None:
     from training.engine import upload_errors  # noqa: PLC0415 - engine imports the model stack
 
     up = sum((local_dir / n).stat().st_size for n in ("update.safetensors", "result.json"))
+    up += request.bytes_up if request is not None else 0
     try:
         report = json.loads((local_dir / "result.json").read_text()[:65536])
         if not isinstance(report, dict):
@@ -290,6 +400,10 @@ def _accept(result: ClientResult, local_dir: Path, limit: int, pull_s: float) ->
     timings = report.get("timings")
     if isinstance(timings, dict):  # the agent's own phase timings (load, compute, write), kept for analysis
         metrics.update({f"agent_{k}": v for k, v in _numbers(timings).items()})
+    if request is not None:  # the platform's own figures of the request step (not the phone's claims)
+        metrics.update(request.metrics())
+    if payload_down is not None:  # the round's model traffic alone (bytes_down also counts agent/shard)
+        metrics.update({"payload_bytes_down": float(payload_down), "payload_bytes_up": float(up)})
     still_open = Q(round__status=RoundStatus.TRAINING)
     if not ClientResult.objects.filter(still_open, pk=result.pk).exists():
         _finish(result, ClientState.LATE, "reported after the round closed", pull_s=pull_s, bytes_up=up)

@@ -32,7 +32,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from devices.models import Device, DeviceStatus
-from training import leases, services, storage
+from training import leases, services, storage, submodel_rounds
 from training.events import send_job_event
 from training.fl.client import client_config_for_round
 from training.fl.datasets import DatasetSplits, load_dataset
@@ -78,7 +78,12 @@ def load_job_dataset(config: JobConfig) -> DatasetSplits:
 
 
 def job_model_spec(config: JobConfig, splits: DatasetSplits) -> dict[str, Any]:
-    return model_spec_for(config.model, input_shape=splits.feature_shape, num_classes=splits.num_classes)
+    return model_spec_for(
+        config.model,
+        input_shape=splits.feature_shape,
+        num_classes=splits.num_classes,
+        **splits.model_kwargs,  # e.g. the CTR model's embedding table sizes
+    )
 
 
 def build_strategy(config: JobConfig, num_clients: int, total_samples: int | None = None) -> Strategy:
@@ -165,8 +170,10 @@ def _prepare_job(job_id: int) -> None:
         services.fail_job(job, f"cannot partition {config.dataset} for {len(pool)} phones: {exc}")
         return
     rows = []
+    shards = []
     for index, (device, indices) in enumerate(zip(pool, parts, strict=True)):
         shard = splits.train.subset(indices)
+        shards.append(shard)
         path = storage.shard_path(job.pk, index)
         save_tensors(path, {"x": shard.x, "y": shard.y})
         counts = np.bincount(shard.labels, minlength=splits.num_classes).tolist()
@@ -183,6 +190,8 @@ def _prepare_job(job_id: int) -> None:
     spec = job_model_spec(config, splits)
     strategy = build_strategy(config, len(pool), sum(len(p) for p in parts))
     state = strategy.initial_state(initial_weights(spec, config.seed))
+    if submodel_rounds.needs_request(strategy):  # submodel jobs: the union of ids the phones request from
+        submodel_rounds.set_union_from_shards(strategy, state, shards)
     evaluation = evaluate_weights(spec, state.weights, splits.test.x, splits.test.y)
     accuracy, loss = evaluation.accuracy, evaluation.loss
     storage.save_checkpoint(job.pk, 0, state, {"accuracy": accuracy, "loss": loss})
@@ -309,7 +318,13 @@ def _start_round(job_id: int) -> None:
         )
         tasks.start_round.apply_async((job.pk,), countdown=5)
         return
-    plan = strategy.configure(state, round_no, [str(p.device_id) for p in chosen], base_agent_config(config))
+    chosen_ids = [str(p.device_id) for p in chosen]
+    if submodel_rounds.needs_request(strategy):
+        # Submodel jobs: phones get the request payload now and their submodel once their index
+        # request is in (client_runner's request step calls configure_client).
+        plan = submodel_rounds.request_plan(strategy, state, chosen_ids, base_agent_config(config))
+    else:
+        plan = strategy.configure(state, round_no, chosen_ids, base_agent_config(config))
     deadline = timezone.now() + timedelta(seconds=config.round_deadline_s)
     with transaction.atomic():
         rnd = Round.objects.create(
@@ -371,7 +386,8 @@ def write_payload(
     splits_spec = _model_spec_cached(job, config)
     agent_config = {
         **client_config_for_round(extra, job_seed=config.seed, round_no=rnd.number, client_id=str(device.pk)),
-        "algorithm": config.algorithm,
+        # The client side the strategy names (FullModelFedAvg runs the "fedsubavg" client), else the job's.
+        "algorithm": str(extra.get("algorithm", config.algorithm)),
         "job": job.pk,
         "attempt": rnd.attempt,
         "model": splits_spec,
@@ -517,6 +533,7 @@ def _aggregate_round(rnd: Round) -> None:
         _model_spec_cached(job, config), new_state.weights, splits.test.x, splits.test.y
     )
     accuracy, loss = evaluation.accuracy, evaluation.loss
+    metrics = {**metrics, **evaluation.extra}  # model-specific test metrics (CTR: auc, logloss)
     if not (math.isfinite(loss) and all(torch.isfinite(t).all() for t in new_state.weights.values())):
         _abandon(rnd, "aggregated model has non-finite values; round discarded")
         return
@@ -631,4 +648,44 @@ def upload_errors(
     """Reasons to reject one phone's upload for this round (the strategy decides what is valid)."""
     job = rnd.job
     state = storage.load_checkpoint(job.pk, rnd.number - 1)
-    return job_strategy(job, job_config(job)).validate_upload(state, client_id, tensors, num_samples)
+    strategy = job_strategy(job, job_config(job))
+    if submodel_rounds.needs_request(strategy):  # checked against this phone's own recorded request
+        directory = storage.client_round_dir(job.pk, rnd.number, rnd.attempt, int(client_id))
+        submodel_rounds.restore_requests(strategy, state, rnd.number, {client_id: directory})
+    return strategy.validate_upload(state, client_id, tensors, num_samples)
+
+
+# ------------------------------------------------------------------- submodel jobs: the request step
+
+
+def job_needs_request(job: Job) -> bool:
+    """Does this job's strategy configure each phone only after its index request (FedSubAvg)?"""
+    return submodel_rounds.needs_request(job_strategy(job, job_config(job)))
+
+
+def request_errors(rnd: Round, tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Reasons to reject one phone's index request for this round (empty: accept)."""
+    job = rnd.job
+    state = storage.load_checkpoint(job.pk, rnd.number - 1)
+    return submodel_rounds.request_errors(job_strategy(job, job_config(job)), state, tensors)
+
+
+def max_request_bytes(rnd: Round) -> int:
+    job = rnd.job
+    state = storage.load_checkpoint(job.pk, rnd.number - 1)
+    return submodel_rounds.max_request_bytes(job_strategy(job, job_config(job)), state)
+
+
+def configure_client(rnd: Round, participant: Participant) -> int:
+    """Write one phone's submodel download from its recorded request; returns its size in bytes.
+    Idempotent: the same checkpoint and request always give the same files."""
+    job = rnd.job
+    config = job_config(job)
+    strategy = job_strategy(job, config)
+    state = storage.load_checkpoint(job.pk, rnd.number - 1)
+    client_id = str(participant.device_id)
+    directory = storage.client_round_dir(job.pk, rnd.number, rnd.attempt, participant.device_id)
+    submodel_rounds.restore_requests(strategy, state, rnd.number, {client_id: directory})
+    (instructions,) = strategy.configure(state, rnd.number, [client_id], base_agent_config(config))
+    write_payload(job, rnd, participant, instructions.tensors, instructions.config)
+    return sum((directory / name).stat().st_size for name in ("global.safetensors", "config.json"))

@@ -45,9 +45,23 @@ PARAM_LABELS = {
     "max_norm": "Max update norm",
     "num_byzantine": "Assumed attackers f",
     "num_selected": "Updates averaged m",
+    # FedSubAvg (submodel jobs)
+    "privacy": "Index privacy preset (default, none, whole_union)",
+    "row_weight": "Row weighting (touched, count)",
+    "num_items": "Items (embedding rows)",
+    "num_clients": "Users' logs (one per phone: use as many phones)",
 }
-DATASET_LABELS = {"digits": "Digits (8×8, scikit-learn)", "synthetic": "Synthetic(α, β) (FedProx)"}
-MODEL_LABELS = {"logreg": "Logistic regression", "mlp": "MLP", "cnn": "Small CNN"}
+DATASET_LABELS = {
+    "digits": "Digits (8×8, scikit-learn)",
+    "synthetic": "Synthetic(α, β) (FedProx)",
+    "recsys": "Recsys click logs (CTR, for submodel jobs)",
+}
+MODEL_LABELS = {
+    "logreg": "Logistic regression",
+    "mlp": "MLP",
+    "cnn": "Small CNN",
+    "ctr": "CTR (embeddings + MLP)",
+}
 # Where an error on a JobConfig field that has no input of its own is shown.
 ERROR_FIELD_FOR = {
     "dataset_params": "dataset",

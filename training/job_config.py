@@ -34,6 +34,12 @@ INFLUENCE_MODES = {
     "off": "Off",
 }
 INFLUENCE_ALGORITHMS = ("fedavg", "fedprox")
+# Submodel jobs (ALGORITHMS.md §6): these algorithms train the CTR model on the recsys click logs, and
+# that data set and model work with nothing else (the CTR model scores id fields, not feature tensors).
+SUBMODEL_ALGORITHMS = ("fedsubavg", "fedavg_full")
+SUBMODEL_DATASET = "recsys"
+SUBMODEL_MODEL = "ctr"
+NATURAL_DATASETS = ("synthetic", SUBMODEL_DATASET)
 
 
 class JobConfigError(ValueError):
@@ -285,9 +291,31 @@ def _check_consistency(config: JobConfig, errors: dict[str, str]) -> None:
         and (config.partition_param < 1 or not float(config.partition_param).is_integer())
     ):
         errors["partition_param"] = "k must be a whole number ≥ 1"
-    if config.partition == "natural" and config.dataset != "synthetic":
-        errors["partition"] = "the natural partition needs a data set with its own devices (synthetic)"
+    if config.partition == "natural" and config.dataset not in NATURAL_DATASETS:
+        errors["partition"] = (
+            f"the natural partition needs a data set with its own devices ({', '.join(NATURAL_DATASETS)})"
+        )
+    _check_submodel(config, errors)
     _check_influence(config, errors)
+
+
+def _check_submodel(config: JobConfig, errors: dict[str, str]) -> None:
+    """Submodel algorithms, the recsys data set and the CTR model go together; say which field to fix."""
+    submodel = config.algorithm in SUBMODEL_ALGORITHMS
+    if submodel and config.dataset != SUBMODEL_DATASET:
+        errors["dataset"] = f"{config.algorithm} trains CTR submodels: choose the {SUBMODEL_DATASET} data set"
+    elif config.dataset == SUBMODEL_DATASET and not submodel:
+        errors["algorithm"] = (
+            f"the {SUBMODEL_DATASET} click logs train with a submodel algorithm: {', '.join(SUBMODEL_ALGORITHMS)}"
+        )
+    if (submodel or config.dataset == SUBMODEL_DATASET) and config.model != SUBMODEL_MODEL:
+        errors["model"] = f"CTR jobs use the {SUBMODEL_MODEL} model"
+    elif config.model == SUBMODEL_MODEL and config.dataset != SUBMODEL_DATASET:
+        errors["model"] = f"the {SUBMODEL_MODEL} model needs the {SUBMODEL_DATASET} data set"
+    if config.dataset == SUBMODEL_DATASET and config.partition != "natural":
+        errors["partition"] = "recsys gives each phone its own user's logs: choose the natural partition"
+    if config.dataset == SUBMODEL_DATASET and config.backdoor_test:
+        errors["backdoor_test"] = "the backdoor test needs an image or feature data set, not click logs"
 
 
 def _check_influence(config: JobConfig, errors: dict[str, str]) -> None:

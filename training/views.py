@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.decorators import json_endpoint, operator_required
 from accounts.roles import is_operator
 from devices.models import Device, DeviceStatus
-from training import availability_report, charts, services
+from training import availability_report, charts, services, submodel_report
 from training.forms import JobForm
 from training.job_config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
 from training.models import Job, JobStatus
@@ -148,6 +148,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "config": job.config,
             "can_operate": is_operator(request.user),
             "has_final_model": services.final_model_path(job) is not None,
+            "submodel": submodel_report.privacy_info(job),  # None unless a submodel job
             "snapshot_url": reverse("training:job-snapshot", args=[job.pk]),
             "websocket_path": f"/ws/jobs/{job.pk}/",
         },
@@ -172,6 +173,7 @@ def snapshot_with_figures(job: Job) -> dict[str, Any]:
     snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"])
     add_availability(snapshot, job)
     add_influence(snapshot, job)
+    add_submodel(snapshot, job)
     has_model = services.final_model_path(job) is not None
     snapshot["final_model_url"] = reverse("training:job-model", args=[job.pk]) if has_model else None
     return json_safe(snapshot)
@@ -189,6 +191,14 @@ def add_influence(snapshot: dict[str, Any], job: Job) -> None:
     from training.analysis.snapshot import add_to_snapshot  # noqa: PLC0415 - pulls in the analysis maths
 
     add_to_snapshot(job, snapshot)
+
+
+def add_submodel(snapshot: dict[str, Any], job: Job) -> None:
+    """Submodel jobs: bytes vs the full model, AUC per round, the privacy preset (submodel_report.py)."""
+    report = submodel_report.job_report(job)
+    if report is not None:
+        snapshot["figures"].update(report.pop("figures"))
+        snapshot["submodel"] = report
 
 
 @json_endpoint

@@ -1,6 +1,7 @@
 """Command line of the agent:
 
     python agent.pyz train <round dir>     train one round (see runner.py)
+    python agent.pyz request <round dir>   submodel jobs: write this round's index request (runner.py)
     python agent.pyz version               {"event": "version", "version": ..., "sha256": ..., ...}
     python agent.pyz selftest              a tiny in-memory round through the real code path
 
@@ -24,9 +25,9 @@ import torch
 
 from training.agent import AGENT_VERSION
 from training.agent.round_config import AgentError
-from training.agent.runner import emit, run_train
+from training.agent.runner import emit, run_request, run_train
 
-USAGE = "usage: agent.pyz train <round dir> | version | selftest"
+USAGE = "usage: agent.pyz train <round dir> | request <round dir> | version | selftest"
 
 
 def running_archive() -> Path | None:
@@ -91,6 +92,8 @@ def main(
     try:
         if command == "train" and len(argv) == 2:
             run_train(Path(argv[1]), stdout=out, environ=env, default_work_dir=default_work_dir())
+        elif command == "request" and len(argv) == 2:
+            run_request(Path(argv[1]), stdout=out, default_work_dir=default_work_dir())
         elif command == "version" and len(argv) == 1:
             emit(out, "version", **version_info())
         elif command == "selftest" and len(argv) == 1:

@@ -3,7 +3,10 @@
 A round dir on the phone holds, before training (pushed by the platform):
     config.json          the round config (schema below)
     global.safetensors   the global weights (and any strategy extras, e.g. `scaffold.c.<name>`)
-and after training (written by the agent, pulled by the platform):
+Submodel jobs (FedSubAvg) first run `request <round dir>`: then global.safetensors holds the union of
+item ids (`<table>.union`) and the agent writes request.safetensors (`<table>.idx`, its randomized index
+request); the platform then replaces global.safetensors and config.json with this phone's submodel.
+And after training (written by the agent, pulled by the platform):
     update.safetensors   the upload: the delta y − x under parameter names (+ strategy extras)
     result.json          written last, atomically: its presence means the update is complete
 
@@ -42,6 +45,7 @@ CONFIG_FILE = "config.json"
 GLOBAL_FILE = "global.safetensors"
 UPDATE_FILE = "update.safetensors"
 RESULT_FILE = "result.json"
+REQUEST_FILE = "request.safetensors"  # the request step's output (submodel jobs)
 OUTPUT_FILES = (UPDATE_FILE, RESULT_FILE)
 
 DEFAULT_MAX_SHARD_BYTES = 1024 * 1024 * 1024

@@ -28,6 +28,7 @@ from training.agent import AGENT_VERSION, CONFIG_FORMAT
 from training.agent.round_config import (
     GLOBAL_FILE,
     OUTPUT_FILES,
+    REQUEST_FILE,
     RESULT_FILE,
     UPDATE_FILE,
     AgentError,
@@ -43,7 +44,7 @@ from training.fl.client import (
     TrainingDiverged,
     client_train,
 )
-from training.fl.nets import build_model_from_spec
+from training.fl.nets import build_model_from_spec, is_ctr_spec, submodel_spec
 from training.fl.wire import InvalidUpdate, dumps_tensors, load_tensors, validate_update, write_bytes_atomic
 
 SLOWDOWN_ENV = "FEDFLEET_SLOWDOWN"
@@ -110,7 +111,8 @@ class _ProgressPrinter:
 
 
 def load_shard(config: RoundConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The phone's data: `x` float32 (n, *input_shape), `y` int64 (n,) with labels < num_classes."""
+    """The phone's data: `x` float32 (n, *input_shape), `y` int64 (n,) with labels < num_classes.
+    CTR shards hold ids, so their `x` is int64 (packed by `CTRSamples.to_xy`, checked by its `from_xy`)."""
     try:
         tensors = load_tensors(config.shard, max_bytes=config.max_shard_bytes)
     except InvalidUpdate as exc:
@@ -121,8 +123,9 @@ def load_shard(config: RoundConfig) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = tensors["x"], tensors["y"]
     input_shape = tuple(config.model.get("input_shape", ()))
     num_classes = config.model.get("num_classes")
-    if x.dtype != torch.float32 or y.dtype != torch.int64:
-        raise AgentError(f"data shard: x must be float32 and y int64, got {x.dtype} and {y.dtype}")
+    x_dtype = torch.int64 if is_ctr_spec(config.model) else torch.float32
+    if x.dtype != x_dtype or y.dtype != torch.int64:
+        raise AgentError(f"data shard: x must be {x_dtype} and y int64, got {x.dtype} and {y.dtype}")
     if y.dim() != 1 or x.shape[0] != y.shape[0] or len(y) == 0:
         raise AgentError(
             f"data shard: x has shape {list(x.shape)} and y {list(y.shape)}; need n ≥ 1 rows each"
@@ -146,7 +149,8 @@ def load_global(round_dir: Path, config: RoundConfig) -> dict[str, torch.Tensor]
     except InvalidUpdate as exc:
         raise AgentError(f"global weights: {exc.reason}") from None
     try:
-        model = build_model_from_spec(config.model)
+        # A submodel download is checked against a model of the submodel's own size.
+        model = build_model_from_spec(submodel_spec(config.model, received))
     except ValueError as exc:
         raise AgentError(f"model: {exc}") from None
     expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
@@ -205,6 +209,38 @@ def run_train(round_dir: Path, *, stdout: TextIO, environ: Mapping[str, str], de
         round_dir / RESULT_FILE, json.dumps(_json_safe(summary), indent=1, allow_nan=False).encode()
     )
     emit(stdout, "done", **{k: v for k, v in summary.items() if k != "format"})
+
+
+def run_request(round_dir: Path, *, stdout: TextIO, default_work_dir: Path) -> None:
+    """`request <round dir>` (submodel jobs): this phone's index request for the round, randomized over
+    the union in global.safetensors with the job's privacy preset. The permanent stage is memoised in the
+    job's state dir on the phone, so rounds together never reveal more than it (index_privacy.py)."""
+    from training.fl.fedsubavg import fedsubavg_client_request  # noqa: PLC0415 - submodel jobs only
+
+    if not round_dir.is_dir():
+        raise AgentError(f"round dir {round_dir} does not exist")
+    (round_dir / REQUEST_FILE).unlink(missing_ok=True)
+    config = read_config(round_dir, default_work_dir=default_work_dir)
+    try:
+        received = load_tensors(round_dir / GLOBAL_FILE, max_bytes=config.max_update_bytes)
+    except InvalidUpdate as exc:
+        raise AgentError(f"union of ids: {exc.reason}") from None
+    x, y = load_shard(config)
+    if config.state_dir is not None:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        request = fedsubavg_client_request(config.raw, received, x, y, config.state_dir)
+    except ValueError as exc:
+        raise AgentError(str(exc)) from None
+    data = dumps_tensors(request)
+    write_bytes_atomic(round_dir / REQUEST_FILE, data)
+    emit(
+        stdout,
+        "done",
+        request_file=REQUEST_FILE,
+        request_bytes=len(data),
+        rows={name: int(ids.numel()) for name, ids in request.items()},
+    )
 
 
 def result_summary(

@@ -12,7 +12,7 @@ the models flatten as needed. Synthetic data carries `groups`: each training sam
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,9 @@ class DatasetSplits:
     train: Dataset
     test: Dataset
     params: dict[str, Any]
+    # Facts about the data a model needs beyond input shape and classes (e.g. the CTR model's embedding
+    # table sizes); the engine adds them to the job's model spec.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -175,10 +178,38 @@ def load_synthetic(
 
 DatasetLoader = Callable[..., DatasetSplits]
 
+
 # Other modules register their data sets here (name -> loader taking seed= and keyword parameters).
+def _load_recsys(
+    *,
+    seed: int = 0,
+    num_items: int = 100_000,
+    num_categories: int = 200,
+    num_clients: int = 20,
+    users_per_client: int = 1,
+    samples_per_user: int = 300,
+    test_samples_per_user: int = 100,
+) -> DatasetSplits:
+    """Generated click logs for CTR submodel jobs (recsys_dataset.py). The keyword parameters are spelled
+    out because the job form reads them from this signature; imported lazily because recsys_dataset
+    imports this module."""
+    from training.fl.recsys_dataset import load_recsys  # noqa: PLC0415
+
+    return load_recsys(
+        seed=seed,
+        num_items=num_items,
+        num_categories=num_categories,
+        num_clients=num_clients,
+        users_per_client=users_per_client,
+        samples_per_user=samples_per_user,
+        test_samples_per_user=test_samples_per_user,
+    )
+
+
 DATASET_LOADERS: dict[str, DatasetLoader] = {
     "digits": load_digits,
     "synthetic": load_synthetic,
+    "recsys": _load_recsys,  # CTR click logs for submodel jobs (FedSubAvg), ALGORITHMS.md §6
 }
 
 

@@ -285,6 +285,17 @@ class FedSubAvg(Strategy):
             tensors, shapes, self.tables, requested, None if num_samples is None else float(num_samples)
         )
 
+    def validate_upload(
+        self,
+        state: ServerState,
+        client_id: str,
+        tensors: Mapping[str, torch.Tensor],
+        num_samples: int | None = None,
+    ) -> list[str]:
+        """The engine's per-upload check: `validate_update`, so the ids must be a subset of this client's
+        own request (the engine restores the requests recorded in the round dir into `state` first)."""
+        return self.validate_update(state, client_id, tensors, num_samples)
+
     def expected_upload(self, weights: Weights) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Only the dense deltas have fixed shapes; the per-table `T.idx/T.rows/T.count` vary per phone and
         are checked by `validate_update`."""

@@ -89,11 +89,56 @@ class DigitsCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+CTR_CONFIG_KEYS = frozenset({"emb_dim", "hidden", "attention_hidden", "pooling", "init_std"})
+# The CTR model's embedding tables (parameter prefixes) and the spec keyword that sizes each one.
+CTR_TABLE_SIZES = {"emb.item": "num_items", "emb.cat": "num_categories"}
+
+
+def ctr_model(
+    input_shape: Sequence[int], num_classes: int, *, num_items: int, num_categories: int, **config: Any
+) -> nn.Module:
+    """The embedding click-through-rate model (ctr_model.CTRModel) for packed CTR samples
+    (`CTRSamples.to_xy`: input_shape (2L + 2,), two classes: no click / click). It scores the four id
+    fields, not a feature tensor, so the engine evaluates it with `evaluate.evaluate_weights`' CTR path."""
+    from training.fl.ctr_model import CTRModel, CTRModelConfig  # noqa: PLC0415 - ctr_model is optional here
+
+    unknown = sorted(set(config) - CTR_CONFIG_KEYS)
+    if unknown:
+        raise ValueError(
+            f"ctr: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(CTR_CONFIG_KEYS))}"
+        )
+    if num_classes != 2:
+        raise ValueError(f"ctr: predicts click / no click (2 classes), got num_classes={num_classes}")
+    if len(input_shape) != 1 or input_shape[0] < 4 or input_shape[0] % 2:
+        raise ValueError(f"ctr: needs packed CTR samples of shape (2L + 2,), got {list(input_shape)}")
+    if int(num_items) < 0 or int(num_categories) < 0:  # 0 rows: a submodel that requested none
+        raise ValueError("ctr: num_items and num_categories must be >= 0")
+    return CTRModel(int(num_items), int(num_categories), CTRModelConfig.from_json(config))
+
+
+def is_ctr_spec(spec: Mapping[str, Any]) -> bool:
+    return spec.get("name") == "ctr"
+
+
+def submodel_spec(spec: Mapping[str, Any], received: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The spec of what a phone actually received: for a CTR submodel download (`<table>.idx` present)
+    each table has only its requested rows, so the phone builds a model of that size, never the full
+    one (which need not fit on a phone)."""
+    out = dict(spec)
+    if is_ctr_spec(spec):
+        for table, key in CTR_TABLE_SIZES.items():
+            ids = received.get(table + ".idx")
+            if ids is not None:
+                out[key] = int(ids.numel())
+    return out
+
+
 # Other modules add their models here (name -> factory taking input_shape, num_classes and keyword args).
 MODEL_REGISTRY: dict[str, ModelFactory] = {
     "logreg": LogisticRegression,
     "mlp": MLP,
     "cnn": DigitsCNN,
+    "ctr": ctr_model,  # CTR submodel jobs (recsys data set), ALGORITHMS.md §6
 }
 
 
