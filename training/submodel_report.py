@@ -95,6 +95,10 @@ def job_report(job: Job) -> dict[str, Any] | None:
             "down_mean": statistics.mean(r.metrics["payload_bytes_down"] for r in results),
             "up_mean": statistics.mean(r.metrics.get("payload_bytes_up", 0.0) for r in results),
             "rows_mean": statistics.mean(r.metrics.get("request_rows", 0.0) for r in results),
+            # The submodel alone, without the request step's union (the same every round of a job).
+            "submodel_down_mean": statistics.mean(
+                r.metrics["payload_bytes_down"] - r.metrics.get("request_bytes_down", 0.0) for r in results
+            ),
         }
         for number, results in sorted(per_round.items())
     ]
@@ -114,12 +118,15 @@ def job_report(job: Job) -> dict[str, Any] | None:
     ]
     down_mean = statistics.mean(r["down_mean"] for r in round_rows) if round_rows else None
     up_mean = statistics.mean(r["up_mean"] for r in round_rows) if round_rows else None
+    submodel_mean = statistics.mean(r["submodel_down_mean"] for r in round_rows) if round_rows else None
     return {
         "privacy": privacy,
         "full_model_bytes": full,
         "bytes_down_per_phone_round": down_mean,
         "bytes_up_per_phone_round": up_mean,
         "download_reduction": (full / down_mean) if down_mean else None,
+        "submodel_bytes_down_per_phone_round": submodel_mean,
+        "submodel_download_reduction": (full / submodel_mean) if submodel_mean else None,
         "upload_reduction": (full / up_mean) if up_mean else None,
         "last_auc": auc_rows[-1]["auc"] if auc_rows else None,
         "rounds": round_rows,

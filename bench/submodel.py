@@ -1,0 +1,152 @@
+"""Submodels vs the full model on the platform: a virtual lab, real Celery workers, the ADB wire protocol.
+
+    .venv/bin/python bench/submodel.py [--phones 20] [--items 100000] [--rounds 3] [--preset-rounds 2]
+
+Runs, one after another on the same lab and data (recsys click logs, one user per phone, 16-dim
+embeddings, same initial model): FedSubAvg with the default privacy preset and FedAvg on the full CTR
+model for `--rounds` rounds, then FedSubAvg with the other presets ("none", "whole_union") for
+`--preset-rounds` rounds. Every figure is read from what the platform recorded (submodel_report.py):
+bytes per phone per round are the platform's own transfer counts of the round's payloads (union +
+submodel + config down; request + sparse update + result up), not counting the one-off agent/shard push.
+
+Prints JSON: per job the AUC / log-loss per round, bytes per phone per round down/up, the full model's
+size and the reduction factor, and for FedSubAvg the preset with its per-round ε. Targets (issue 7):
+downloads ≥ 100× smaller than the full model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import BenchLab, emit  # noqa: E402
+
+
+def job_config(args: argparse.Namespace, algorithm: str, rounds: int, privacy: str | None) -> dict[str, Any]:
+    params = {"privacy": privacy} if privacy else {}
+    return {
+        "name": f"bench-submodel-{algorithm}{'-' + privacy if privacy else ''}",
+        "dataset": "recsys",
+        "dataset_params": {"num_items": args.items, "num_clients": args.phones},
+        "data_seed": args.seed,
+        "partition": "natural",
+        "model": "ctr",
+        "algorithm": algorithm,
+        "algorithm_params": params,
+        "rounds": rounds,
+        "clients_per_round": args.phones,
+        "min_clients": max(1, int(0.8 * args.phones)),
+        "over_selection": 1.0,
+        "local_epochs": 1,
+        "batch_size": 32,
+        "lr": args.lr,
+        "round_deadline_s": args.deadline,
+        "seed": args.seed,
+    }
+
+
+def summarise(job: Any, wall_s: float) -> dict[str, Any]:
+    from training.models import RoundStatus  # noqa: PLC0415
+    from training.submodel_report import job_report  # noqa: PLC0415
+
+    report = job_report(job) or {}
+    report.pop("figures", None)
+    committed = job.rounds.filter(status=RoundStatus.COMMITTED).order_by("number")
+    return {
+        "job_status": job.status,
+        "error": job.error or None,
+        "wall_s": round(wall_s, 1),
+        "auc_per_round": [round(r.metrics.get("auc", float("nan")), 4) for r in committed],
+        "logloss_per_round": [round(r.metrics.get("logloss", float("nan")), 4) for r in committed],
+        "round_wall_s": [round(r.wall_s, 1) for r in committed],
+        "final_auc": round(committed.last().metrics["auc"], 4) if committed.exists() else None,
+        "full_model_bytes": report.get("full_model_bytes"),
+        "bytes_down_per_phone_round": _round(report.get("bytes_down_per_phone_round")),
+        "bytes_up_per_phone_round": _round(report.get("bytes_up_per_phone_round")),
+        "download_reduction_vs_full": _round(report.get("download_reduction"), 1),
+        "submodel_bytes_down_per_phone_round": _round(report.get("submodel_bytes_down_per_phone_round")),
+        "submodel_download_reduction_vs_full": _round(report.get("submodel_download_reduction"), 1),
+        "upload_reduction_vs_full": _round(report.get("upload_reduction"), 1),
+        "request_rows_mean": _round(
+            sum(r["rows_mean"] for r in report.get("rounds", [])) / max(len(report.get("rounds", [])), 1), 1
+        ),
+        "privacy": report.get("privacy"),
+    }
+
+
+def _round(value: float | None, digits: int = 0) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phones", type=int, default=20)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of FedSubAvg (default preset) and FedAvg"
+    )
+    parser.add_argument("--preset-rounds", type=int, default=2, help="rounds for the other privacy presets")
+    parser.add_argument("--presets", default="none,whole_union")
+    parser.add_argument("--lr", type=float, default=0.002)
+    parser.add_argument("--deadline", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    plan = [("fedsubavg", args.rounds, "default"), ("fedavg_full", args.rounds, None)]
+    plan += [("fedsubavg", args.preset_rounds, p) for p in args.presets.split(",") if p]
+    jobs: dict[str, Any] = {}
+    with BenchLab(args.phones, seed=args.seed) as lab:
+        for algorithm, rounds, privacy in plan:
+            started = time.monotonic()
+            job = lab.run_job(job_config(args, algorithm, rounds, privacy), timeout_s=3600)
+            key = f"{algorithm}/{privacy}" if privacy else algorithm
+            jobs[key] = summarise(job, time.monotonic() - started)
+            print(key, jobs[key]["job_status"], jobs[key]["auc_per_round"], file=sys.stderr, flush=True)
+    main_job, baseline = jobs.get("fedsubavg/default", {}), jobs.get("fedavg_full", {})
+    presets = [
+        {
+            "preset": key.split("/", 1)[1],
+            "rounds": len(s["auc_per_round"]),
+            "final_auc": s["final_auc"],
+            "bytes_down_per_phone_round": s["bytes_down_per_phone_round"],
+            "submodel_bytes_down_per_phone_round": s["submodel_bytes_down_per_phone_round"],
+            "bytes_up_per_phone_round": s["bytes_up_per_phone_round"],
+            "request_rows_mean": s["request_rows_mean"],
+            "epsilon_per_round": (s["privacy"] or {}).get("epsilon_per_round"),  # null = ∞
+            "epsilon_permanent": (s["privacy"] or {}).get("epsilon_permanent"),
+        }
+        for key, s in jobs.items()
+        if key.startswith("fedsubavg/")
+    ]
+    emit(
+        {
+            "benchmark": "submodel",
+            "phones": args.phones,
+            "items": args.items,
+            "emb_dim": 16,
+            "rounds": args.rounds,
+            "preset_rounds": args.preset_rounds,
+            "jobs": jobs,
+            "comparison": {
+                "download_reduction_vs_full": main_job.get("download_reduction_vs_full"),
+                "submodel_only_download_reduction_vs_full": main_job.get(
+                    "submodel_download_reduction_vs_full"
+                ),
+                "fedsubavg_final_auc": main_job.get("final_auc"),
+                "fedavg_full_final_auc": baseline.get("final_auc"),
+                "full_model_bytes": baseline.get("full_model_bytes") or main_job.get("full_model_bytes"),
+                "fedavg_full_bytes_down_per_phone_round": baseline.get("bytes_down_per_phone_round"),
+            },
+            "privacy_presets": presets,
+            "targets": {"download_reduction_vs_full": 100},
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
