@@ -56,6 +56,7 @@ class BenchLab:
         self.register_order = register_order
         self.work = Path(tempfile.mkdtemp(prefix="fedfleet-bench-"))
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.resumes: dict[int, int] = {}  # job id -> times run_job resumed it (auto_resume)
         self.phone_lines: list[str] = []
 
     # -------------------------------------------------------------------------------------- lifecycle
@@ -158,13 +159,18 @@ class BenchLab:
         *,
         timeout_s: float = 3600,
         on_prepared: Callable[[Any], None] | None = None,
+        auto_resume: int = 0,
     ) -> Any:
-        """Launch a job and block until it ends; `on_prepared(job)` runs once its phones are chosen."""
+        """Launch a job and block until it ends; `on_prepared(job)` runs once its phones are chosen.
+
+        The engine pauses a job whose round is abandoned five times in a row (a broken lab must not retry
+        forever). Where that is expected -- phones coming and going by design -- `auto_resume` resumes it up
+        to that many times, as an operator would; `self.resumes[job.pk]` counts how often it did."""
         from django.contrib.auth import get_user_model  # noqa: PLC0415
 
         from training.job_config import parse_job_config  # noqa: PLC0415
         from training.models import Job  # noqa: PLC0415
-        from training.services import create_job  # noqa: PLC0415
+        from training.services import create_job, resume_job  # noqa: PLC0415
 
         owner, _ = get_user_model().objects.get_or_create(username="bench")
         job = create_job(owner, parse_job_config(config))
@@ -176,6 +182,10 @@ class BenchLab:
                 prepared = True
                 assert on_prepared is not None
                 on_prepared(job)
+            if job.status == "paused" and self.resumes.get(job.pk, 0) < auto_resume:
+                self.resumes[job.pk] = self.resumes.get(job.pk, 0) + 1
+                resume_job(job, owner)
+                continue
             if job.status in ("completed", "failed", "cancelled", "paused"):
                 return job
             if time.monotonic() > deadline:
