@@ -117,7 +117,7 @@ def realised_phases(report: Any, groups_by_client: dict[str, int]) -> list[list[
         online = [0, 0]
         for i, phone in enumerate(report.phones):
             state = report.cells[i][j]
-            if state is not None and state not in ("offline", "busy", "ineligible", "excluded"):
+            if state is not None and state not in ("offline", "busy", "not_leased", "ineligible", "excluded"):
                 online[groups_by_client[phone.client_id]] += 1
         group: Any = 0 if online[0] > online[1] else 1 if online[1] > online[0] else "both"
         if runs and runs[-1][0] == group:

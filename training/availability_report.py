@@ -10,12 +10,13 @@ Raw material (nothing is sampled or simulated here):
 
 One cell per phone and round number. A retried round shows its committed attempt (or, while it runs or
 after it was abandoned, its latest attempt). The cell is the phone's outcome if it was selected and leased,
-else its state at selection; a phone chosen by the strategy but not leased (another job or a probe got
-there first) counts as busy. A state the engine may add later and this module does not know is shown as
+else its state at selection; a phone chosen by the strategy but not leased (a probe found it gone, or
+another job got it first) is "not leased". A state the engine may add later and this module does not know is shown as
 "not recorded" rather than guessed.
 
 Display states (training.charts.AVAILABILITY_STATES) map onto training.fl.availability's core states for
-the numbers: busy, ineligible and excluded phones were not available to the job, so they count as offline;
+the numbers: busy, not leased, ineligible and excluded phones were not available to the job, so they
+count as offline;
 a rejected update is a failed one. Participation counts every shown attempt; the bias only committed
 rounds, since only their updates reached the model.
 
@@ -62,11 +63,12 @@ SELECTION_DISPLAY = {
     "ineligible": "ineligible",
     "excluded": "excluded",
     "idle": "idle",
-    "selected": "busy",  # chosen, but the lease went to someone else
+    "selected": "not_leased",  # chosen, but the lease failed: the phone went away or another job got it
 }
 DISPLAY_TO_CORE = {
     "offline": core.OFFLINE,
     "busy": core.OFFLINE,
+    "not_leased": core.OFFLINE,
     "ineligible": core.OFFLINE,
     "excluded": core.OFFLINE,
     "idle": core.IDLE,

@@ -316,6 +316,7 @@ def dashboard_figures(rounds: Sequence[RoundDict]) -> dict[str, Figure]:
 AVAILABILITY_STATES: tuple[tuple[str, str, str], ...] = (
     ("offline", "Offline", "#bdbdbd"),
     ("busy", "Busy (another job)", "#78909c"),
+    ("not_leased", "Chosen, not leased (gone or taken)", "#b0bec5"),
     ("ineligible", "Ineligible (battery, charging)", "#ffe082"),
     ("excluded", "Excluded", "#5d4037"),
     ("idle", "Idle (available, not selected)", "#e3f2fd"),

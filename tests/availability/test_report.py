@@ -47,7 +47,7 @@ def test_cell_state_prefers_the_outcome_and_maps_every_recorded_state() -> None:
     assert cell_state("selected", "reported") == "reported"
     assert cell_state("selected", "pulling") == "selected"
     assert cell_state("selected", "dropped") == "failed"
-    assert cell_state("selected", None) == "busy"  # chosen but never leased
+    assert cell_state("selected", None) == "not_leased"  # chosen but never leased
     assert cell_state("idle", None) == "idle"
     assert cell_state(None, None) is None
     assert cell_state("teleported", None) is None  # unknown: shown as not recorded, never guessed
@@ -156,7 +156,10 @@ def test_heatmap_colour_scale_is_discrete_and_covers_every_state() -> None:
     ]
     figure = charts.availability_heatmap_figure(["p"], [1, 2], [["idle", None]])
     trace = figure["data"][0]
-    assert trace["z"] == [[4, None]] and trace["text"] == [["Idle (available, not selected)", "not recorded"]]
+    idle = [key for key, _, _ in charts.AVAILABILITY_STATES].index("idle")
+    assert trace["z"] == [[idle, None]] and trace["text"] == [
+        ["Idle (available, not selected)", "not recorded"]
+    ]
     assert (trace["zmin"], trace["zmax"]) == (-0.5, len(charts.AVAILABILITY_STATES) - 0.5)
     with pytest.raises(ValueError, match="unknown"):
         charts.availability_heatmap_figure(["p"], [1], [["asleep"]])
