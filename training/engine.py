@@ -7,6 +7,8 @@ are conditional UPDATEs on `Round.status` / `Job.status`, so concurrent callers 
     prepare_job(job)        data set → shards → Participant rows, round-0 checkpoint   [training queue]
     start_round(job)        select, lease, configure payloads, fan out run_client       [training queue]
     run_client(result)      push, train, pull, validate one phone (client_runner.py)    [devices queue]
+                            (submodel jobs: first the phone's index request, then its
+                            own submodel — configure_client; see submodel_rounds.py)
     close_round(round)      at goal or deadline: aggregate, evaluate, checkpoint,       [training queue]
                             commit (or abandon and retry), then the next round
     watchdog()              beat: re-drives rounds whose tasks were lost (Redis restart, dead worker)
