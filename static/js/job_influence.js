@@ -114,7 +114,9 @@ export function renderInfluence(influence, figures) {
   if (!section || !influence) return;
   const canOperate = section.dataset.canOperate === "1";
   document.getElementById("influence-summary").textContent = summaryText(influence);
-  document.getElementById("influence-note").textContent = influence.fisher_note || "";
+  document.getElementById("influence-note").textContent = [influence.fisher_note, influence.aggregator_note]
+    .filter(Boolean)
+    .join(" ");
   section.querySelector("[data-influence-charts]").hidden = !figures?.influence_heatmap;
   section.querySelector("[data-attack-chart]").hidden = !figures?.attack_success;
   section.querySelector("[data-loo-chart]").hidden = !figures?.loo_scatter;

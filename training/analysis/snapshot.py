@@ -17,6 +17,11 @@ from training.fl.influence import InfluenceConfig
 from training.models import AnalysisKind, AnalysisRun, AnalysisStatus, ClientInfluence, Job, RoundAnalysis
 
 RUNS_SHOWN = 5
+AGGREGATOR_CAVEAT = (
+    "The estimate's removal term assumes the weighted mean of the updates; under {aggregator} an update "
+    "the rule discounts (a boosted attacker's, say) still gets the large influence it would have on a "
+    "plain average. The exact leave-one-out replay uses the job's own aggregator."
+)
 log = logging.getLogger(__name__)
 
 
@@ -101,6 +106,11 @@ def influence_section(job: Job) -> tuple[dict[str, Any], dict[str, Figure]]:
         "enabled": context.influence_enabled,
         "reason": context.influence_reason,
         "fisher_note": FISHER_NOTE.format(samples=InfluenceConfig().fisher_samples),
+        "aggregator_note": (
+            AGGREGATOR_CAVEAT.format(aggregator=context.config.aggregator)
+            if context.config.aggregator != "mean"
+            else ""
+        ),
         "budget": context.config.influence_budget,
         "last_round": max((r["round_number"] for r in rows), default=None),
         "ranking": ranked,
