@@ -233,11 +233,11 @@ def _run(result: ClientResult) -> None:
             )
             if request is None:
                 return
-            pushed += request.bytes_down
+        # This round's model traffic (the request step's union included), apart from agent and shard.
         payload_down = request.bytes_down if request is not None else 0
         for name in ("global.safetensors", "config.json"):
             payload_down += conn.push(local_dir / name, f"{remote_round}/{name}")
-        pushed += payload_down - (request.bytes_down if request is not None else 0)
+        pushed += payload_down
         push_s = time.monotonic() - t0
 
         t1 = time.monotonic()
