@@ -2,7 +2,7 @@
 online in turns (ALGORITHMS.md §4, the FedLaAvg experiment scaled to a 2-core lab).
 
     .venv/bin/python bench/availability_bias.py [--phones 20] [--per-round 5] [--rounds 36]
-                                                [--phase-rounds 5] [--round-s 4]
+                                                [--phase-rounds 5] [--round-s S]
 
 Setup
 - digits, logistic regression (the paper's model), label-sorted shards with one shard per phone, so each
@@ -21,8 +21,10 @@ Setup
   often fail; a round commits with `--min-reports` (3 of the goal 5) reports, and when the engine pauses a
   job after five abandoned attempts in a row the benchmark resumes it as an operator would (counted in
   `operator_resumes`). Phones count as back once a health probe sees them (`--probe-s`, 2 s).
-- The period is in seconds, so the rounds per turn depend on the machine's speed at the time: the
-  realised turns are reported (`realised_phases`), and `--round-s` should be about the round wall time.
+- The period is in seconds, so the rounds per turn depend on the machine's speed at the time. Without
+  `--round-s` the benchmark first measures it: a 5-round FedAvg run of the same job with every phone
+  online, median seconds from one round's start to the next. The realised turns are reported
+  (`realised_phases`: [group online, rounds]); a loaded machine makes them shorter than phase_rounds.
 
 Reported per algorithm (from the rows the platform recorded): final accuracy; the mean, standard deviation
 and peak-to-peak of the accuracy over the last full cycle (2 × phase_rounds committed rounds) — the
@@ -175,6 +177,30 @@ def _rounded(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
+CALIBRATION_ROUNDS = 5
+
+
+def calibrate(args: argparse.Namespace, order: list[int]) -> dict[str, Any]:
+    """Seconds per round of this job on this machine now: a short FedAvg run with every phone online.
+    Round 1 also pushes the agent and the shards, so it is left out."""
+    from training.models import RoundStatus  # noqa: PLC0415
+
+    with BenchLab(
+        args.phones,
+        seed=args.seed,
+        extra_env={"FEDFLEET_PROBE_INTERVAL_S": str(args.probe_s)},
+        register_order=order,
+    ) as lab:
+        config = {**job_config(args, "fedavg"), "name": "bench-availability-calibration"}
+        job = lab.run_job({**config, "rounds": CALIBRATION_ROUNDS})
+        walls = [r.wall_s for r in job.rounds.filter(status=RoundStatus.COMMITTED, number__gt=1)]
+        # start-to-start: the wall time plus the gap until the next round is selected
+        starts = sorted(job.rounds.values_list("started_at", flat=True))
+    gaps = [(b - a).total_seconds() for a, b in zip(starts[1:], starts[2:], strict=False)]
+    per_round = statistics.median(gaps) if gaps else statistics.median(walls)
+    return {"round_s": round(per_round, 2), "wall_median_s": round(statistics.median(walls), 2)}
+
+
 def run_algorithm(
     args: argparse.Namespace, algorithm: str, order: list[int], groups: list[int]
 ) -> dict[str, Any]:
@@ -224,7 +250,9 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=36)
     parser.add_argument("--phase-rounds", type=int, default=5, help="E: rounds' worth of time per group turn")
-    parser.add_argument("--round-s", type=float, default=4.0, help="expected seconds per round in this lab")
+    parser.add_argument(
+        "--round-s", type=float, default=0.0, help="seconds per round in this lab (0: measure it first)"
+    )
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--local-steps", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
@@ -242,11 +270,20 @@ def main() -> None:
 
     groups, means = client_groups(args.phones, args.seed, args.data_seed)
     order = registration_order(groups)
+    if args.one == "calibrate":
+        print(json.dumps(calibrate(args, order)), flush=True)
+        return
     if args.one:
         # A child run: one lab, one job. Django and Celery bind to one database and Redis per process, so
         # every algorithm gets its own process (and its own fresh lab).
         print(json.dumps(run_algorithm(args, args.one, order, groups)), flush=True)
         return
+    calibration: dict[str, Any] = {}
+    if args.round_s <= 0:
+        # The scenario's period is in seconds; make it phase_rounds rounds of this machine, now.
+        calibration = run_in_child("calibrate")
+        args.round_s = float(calibration.get("round_s") or 4.0)
+        sys.argv += ["--round-s", str(args.round_s)]  # the children use the calibrated period
     results = {name: run_in_child(name) for name in args.algorithms.split(",")}
     verdict: dict[str, Any] = {}
     if {"fedavg", "fedlaavg"} <= set(results):
@@ -281,6 +318,7 @@ def main() -> None:
                 "client_mean_labels": [round(m, 2) for m in means],
                 "client_groups": groups,
             },
+            "calibration": calibration,
             "results": results,
             "verdict": verdict,
         }
