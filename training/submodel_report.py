@@ -34,6 +34,15 @@ BASELINE_VIEW = (
     "the whole model's delta, non-zero exactly on the rows the phone's data touched."
 )
 
+# The influence section of a submodel job's dashboard (training/analysis does not analyse them).
+NO_INFLUENCE: dict[str, Any] = {
+    "enabled": False,
+    "reason": "client influence is estimated for FedAvg/FedProx jobs; submodel jobs are not analysed",
+    "ranking": [],
+    "runs": [],
+    "exclusions": [],
+}
+
 
 def _epsilon(value: float) -> float | None:
     return None if math.isinf(value) else round(value, 3)

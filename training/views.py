@@ -172,7 +172,10 @@ def snapshot_with_figures(job: Job) -> dict[str, Any]:
     snapshot = services.job_snapshot(job)
     snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"])
     add_availability(snapshot, job)
-    add_influence(snapshot, job)
+    if submodel_report.privacy_info(job) is None:
+        add_influence(snapshot, job)
+    else:  # client influence models small dense models' FedAvg deltas; it does not analyse submodel jobs
+        snapshot["influence"] = dict(submodel_report.NO_INFLUENCE)
     add_submodel(snapshot, job)
     has_model = services.final_model_path(job) is not None
     snapshot["final_model_url"] = reverse("training:job-model", args=[job.pk]) if has_model else None

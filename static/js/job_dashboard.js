@@ -219,6 +219,17 @@ function renderAvailabilitySummary(summary) {
   target.textContent = text;
 }
 
+// Submodel jobs: the measured cost next to the privacy preset (the figures are drawn by renderFigures).
+const kilobytes = (bytes) => (bytes === null || bytes === undefined ? "–" : `${(bytes / 1000).toFixed(1)} kB`);
+function renderSubmodelSummary(summary) {
+  const target = document.getElementById("submodel-summary");
+  if (!target || !summary) return;
+  target.textContent = `measured per phone per round: ${kilobytes(summary.bytes_down_per_phone_round)} down ` +
+    `(submodel alone ${kilobytes(summary.submodel_bytes_down_per_phone_round)}), ` +
+    `${kilobytes(summary.bytes_up_per_phone_round)} up · full model ${kilobytes(summary.full_model_bytes)} each way ` +
+    `(downloads ${number(summary.download_reduction, 0)}× smaller) · last AUC ${number(summary.last_auc, 4)}`;
+}
+
 function renderModelLink(url) {
   const link = document.getElementById("model-download");
   link.hidden = !url;
@@ -293,6 +304,7 @@ async function loadSnapshot() {
   renderLog(snapshot.log);
   renderParticipants(snapshot.participants);
   renderAvailabilitySummary(snapshot.availability);
+  renderSubmodelSummary(snapshot.submodel);
   renderModelLink(snapshot.final_model_url);
   const held = pending;
   pending = null;

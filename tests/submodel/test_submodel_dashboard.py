@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
+import pytest
+from django.urls import reverse
+
+from accounts.roles import VIEWERS
 from tests.conftest import make_user
-from training import submodel_charts, submodel_report
+from tests.training import web_factories as web
+from training import storage, submodel_charts, submodel_report
 from training.job_config import parse_job_config
 from training.services import create_job
 
@@ -59,3 +64,44 @@ def test_privacy_info_of_a_submodel_job_and_none_for_others() -> None:
     baseline = create_job(owner, parse_job_config({**base, "algorithm": "fedavg_full"}))
     assert submodel_report.privacy_info(baseline)["preset"] is None
     assert submodel_report.privacy_info(create_job(owner, parse_job_config({}))) is None
+
+
+@pytest.mark.django_db
+def test_the_job_page_and_snapshot_show_the_submodel_section(client: Any) -> None:
+    viewer = web.make_user("sub-viewer", VIEWERS)
+    job = web.make_job(
+        viewer, name="ctr", dataset="recsys", partition="natural", model="ctr", algorithm="fedsubavg"
+    )
+    path = storage.model_export_path(job.pk, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\0" * FULL)  # stands for the full model's file: only its size is read
+    phones = [web.make_device(f"ph-{i}") for i in range(2)]
+    for number in (1, 2):
+        rnd = web.make_round(
+            job, number, accuracy=0.7, loss=0.6, metrics={"auc": 0.6 + number / 100, "logloss": 0.6}
+        )
+        for phone in phones:
+            metrics = {
+                "payload_bytes_down": 65_000.0,
+                "payload_bytes_up": 40_000.0,
+                "request_bytes_down": 5_000.0,
+                "request_rows": 500.0,
+            }
+            web.add_client(rnd, phone, metrics=metrics)
+    # A digits job on the same page has no such section.
+    other = web.make_job(viewer)
+    client.force_login(viewer)
+
+    page = client.get(reverse("training:job-detail", args=[job.pk])).content.decode()
+    assert 'data-testid="submodel-section"' in page and "secure aggregation" in page and "2.019" in page
+    assert (
+        'data-testid="submodel-section"'
+        not in client.get(reverse("training:job-detail", args=[other.pk])).content.decode()
+    )
+    snapshot = client.get(reverse("training:job-snapshot", args=[job.pk])).json()
+    assert {"submodel_bytes", "submodel_phone_bytes", "submodel_auc"} <= set(snapshot["figures"])
+    summary = snapshot["submodel"]
+    assert summary["download_reduction"] == pytest.approx(100.0)
+    assert summary["submodel_download_reduction"] == pytest.approx(FULL / 60_000)
+    assert summary["last_auc"] == pytest.approx(0.62)
+    assert [p["rounds"] for p in summary["phones"]] == [2, 2]
