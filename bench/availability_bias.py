@@ -183,14 +183,14 @@ CALIBRATION_ROUNDS = 5
 def calibrate(args: argparse.Namespace, order: list[int]) -> dict[str, Any]:
     """Seconds per round of this job on this machine now: a short FedAvg run with every phone online.
     Round 1 also pushes the agent and the shards, so it is left out."""
-    from training.models import RoundStatus  # noqa: PLC0415
-
     with BenchLab(
         args.phones,
         seed=args.seed,
         extra_env={"FEDFLEET_PROBE_INTERVAL_S": str(args.probe_s)},
         register_order=order,
     ) as lab:
+        from training.models import RoundStatus  # noqa: PLC0415 - Django is set up by the lab
+
         config = {**job_config(args, "fedavg"), "name": "bench-availability-calibration"}
         job = lab.run_job({**config, "rounds": CALIBRATION_ROUNDS})
         walls = [r.wall_s for r in job.rounds.filter(status=RoundStatus.COMMITTED, number__gt=1)]
