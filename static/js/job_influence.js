@@ -40,7 +40,8 @@ function actionForm(url, label, question) {
 function statusText(row) {
   if (row.excluded) {
     const who = row.excluded_auto ? "automatically" : "by an operator";
-    return `excluded ${who} after round ${row.excluded_round ?? "–"}: ${row.excluded_reason}`;
+    const said = row.excluded_reason && !row.excluded_reason.startsWith("excluded") ? `: ${row.excluded_reason}` : "";
+    return `excluded ${who} after round ${row.excluded_round ?? "–"}${said}`;
   }
   if (!row.tracked) return "no update aggregated yet";
   return row.truncated ? "truncated estimator (a layer's propagated term grew)" : "";
@@ -74,7 +75,8 @@ function runText(run) {
   const agreement = run.result?.agreement?.loss;
   if (agreement) {
     parts.push(`rounds 1–${run.result.round}: Pearson r ${plain(agreement.pearson)} · Spearman ρ ${plain(agreement.spearman)} (n = ${agreement.n})`);
-    parts.push(`lowest: estimate ${agreement.lowest_estimated ?? "–"}, exact ${agreement.lowest_exact ?? "–"}`);
+    const name = (id) => run.result.clients?.[id]?.name ?? id ?? "–";
+    parts.push(`most harmful: estimate ${name(agreement.lowest_estimated)}, exact ${name(agreement.lowest_exact)}`);
   }
   if (run.status === "completed") {
     parts.push(`replay ${plain(run.result.exact_seconds, 1)} s, estimate ${plain(run.result.estimate_seconds, 2)} s`);

@@ -15,8 +15,8 @@ from training import engine
 
 @pytest.fixture(autouse=True)
 def own_data_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
-    if request.node.get_closest_marker("integration"):
-        yield  # workers and phones were started with the session's data dir
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("browser"):
+        yield  # workers, phones and Daphne were started with the session's data dir
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models on a shared 2-core machine: more threads only contend

@@ -43,7 +43,7 @@ def influence_heatmap_figure(
         }
     ]
     layout = _layout(
-        "Client influence per round (cumulative; red = harms, blue = helps)",
+        "Influence per round (cumulative; red harms, blue helps)",
         xaxis=_round_axis(max(rounds, default=1)),
         yaxis={"title": {"text": "Phone"}, "type": "category", "autorange": "reversed", "automargin": True},
         hovermode="closest",
@@ -55,7 +55,8 @@ def influence_heatmap_figure(
 def influence_bars_figure(ranking: Sequence[Mapping[str, Any]]) -> Figure:
     """Cumulative influence on the test loss per phone, sorted (most harmful first); excluded phones
     are outlined. ranking: dicts with label, loss, excluded."""
-    labels = [str(r["label"]) for r in ranking]
+    # Excluded phones carry a ✕ in their label (text beside a negative bar would cover the axis labels).
+    labels = [f"{r['label']} ✕" if r.get("excluded") else str(r["label"]) for r in ranking]
     values = [r.get("loss") for r in ranking]
     data = [
         {
@@ -70,15 +71,14 @@ def influence_bars_figure(ranking: Sequence[Mapping[str, Any]]) -> Figure:
                     "width": 2,
                 },
             },
-            "text": ["excluded" if r.get("excluded") else "" for r in ranking],
-            "textposition": "outside",
-            "hovertemplate": "%{y}: %{x:+.4f} %{text}<extra>cumulative influence</extra>",
+            "customdata": ["excluded" if r.get("excluded") else "" for r in ranking],
+            "hovertemplate": "%{y}: %{x:+.4f} %{customdata}<extra>cumulative influence</extra>",
             "name": "Influence on test loss",
         }
     ]
     layout = _layout(
-        "Cumulative influence on the test loss (sorted; < 0 = the model is better without the phone)",
-        xaxis={"title": {"text": "Loss without the phone − loss with it"}, "zeroline": True},
+        "Cumulative influence on the test loss (sorted)",
+        xaxis={"title": {"text": "Loss without the phone − loss with it (< 0: harms)"}, "zeroline": True},
         yaxis={"type": "category", "autorange": "reversed", "automargin": True},
         hovermode="closest",
         showlegend=False,
@@ -139,6 +139,7 @@ def influence_cost_figure(points: Sequence[tuple[int, float, int]]) -> Figure:
             "overlaying": "y",
             "side": "right",
             "rangemode": "tozero",
+            "tickformat": ",d",
             "showgrid": False,
         },
     )
