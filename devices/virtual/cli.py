@@ -64,7 +64,11 @@ def serve_until_signal(
     write: Callable[[str], None],
     on_started: Callable[[list[PhoneEndpoint]], None] | None = None,
 ) -> None:
-    """Start the lab, announce each phone and READY, then run until SIGINT or SIGTERM."""
+    """Start the lab, announce each phone and READY, then run until SIGINT or SIGTERM.
+
+    SIGUSR1 ends a --hold-online (the scenario starts: prints SCENARIO STARTED); SIGUSR2 moves the
+    scenario's clock one period forward (the next alternating turn: prints SCENARIO ADVANCED).
+    """
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     lab = LabThread(config)
@@ -75,6 +79,13 @@ def serve_until_signal(
             write("SCENARIO STARTED")
 
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, start_scenario)
+
+    def next_turn(*_: object) -> None:
+        if config.scenario is not None:
+            lab.advance_clock_soon(config.scenario.period)
+            write("SCENARIO ADVANCED")
+
+    previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, next_turn)
     try:
         endpoints = lab.start()
         if on_started is not None:

@@ -169,6 +169,16 @@ class VirtualLab:
         log.info("availability scenario started")
         return True
 
+    async def advance_clock(self, seconds: float) -> None:
+        """Move every phone's availability clock `seconds` forward at once. With a scenario period much
+        longer than the run, advancing by one period is a turn on demand: a benchmark can end each group's
+        turn after a number of rounds rather than of seconds, whatever the machine's speed."""
+        for phone in self.phones:
+            phone.advance_availability_clock(seconds)
+        for phone in self.phones:
+            await phone.apply_availability()
+        log.info("availability clock advanced by %g s", seconds)
+
     async def _tick(self) -> None:
         hold_ends = time.monotonic() + (self.config.hold_online_s or 0.0)
         while True:
@@ -245,6 +255,11 @@ class LabThread:
             return await action(self.lab)
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout_s)
+
+    def advance_clock_soon(self, seconds: float) -> None:
+        """VirtualLab.advance_clock without waiting (safe from a signal handler)."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.lab.advance_clock(seconds), self._loop)
 
     def release_hold_soon(self) -> None:
         """Start the availability scenario without waiting (safe from a signal handler)."""

@@ -170,6 +170,10 @@ class VirtualPhone:
         """Make `started_at` (time.monotonic()) the availability model's t = 0 (the lab's hold ended)."""
         self._started_at = started_at
 
+    def advance_availability_clock(self, seconds: float) -> None:
+        """Jump the availability model's clock forward (a benchmark turns the scenario by rounds)."""
+        self._started_at -= seconds
+
     def should_be_online(self, t: float | None = None) -> bool:
         if self.forced_online is not None:
             return self.forced_online

@@ -18,6 +18,10 @@ The platform numbers a job's clients in registration order of the phones, so reg
 chosen order decides which client (and so which data shard) lands in which group; bench/availability_bias.py
 does exactly that.
 
+Turns on demand: the lab process moves the scenario's clock one period forward on SIGUSR2 (LabThread /
+VirtualLab.advance_clock in-process). With a period far longer than the run, an alternating scenario then
+changes turn only when told — bench/availability_bias.py uses it to give each group exactly E rounds.
+
 Every phone describes its model in one short line (`describe_availability`), answered to
 `getprop fedfleet.availability` so the platform can show the scenario on the fleet page.
 """

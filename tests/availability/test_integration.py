@@ -59,6 +59,17 @@ def test_a_real_job_records_availability_that_the_dashboard_draws(
     assert data["availability"]["rounds"] == 2
 
 
+def read_until(process: subprocess.Popen[str], marker: str) -> None:
+    """Read the lab's output (log lines included) up to a line that is exactly `marker`."""
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # blocks until the lab prints; EOF if it died
+        if line.strip() == marker:
+            return
+        seen.append(line.strip())
+    raise AssertionError(f"no {marker!r} before EOF: {seen}")
+
+
 @pytest.mark.integration
 def test_virtual_lab_command_runs_a_held_alternating_scenario(tmp_path: Path) -> None:
     identity: AdbIdentity = load_or_create_identity(tmp_path / "id" / "adbkey")
@@ -84,7 +95,7 @@ def test_virtual_lab_command_runs_a_held_alternating_scenario(tmp_path: Path) ->
         with adb.connect(second, identity=identity, timeout_s=20) as phone:  # held online
             assert phone.run("getprop fedfleet.availability") == "alternating: group 2 of 2, period 3600 s\n"
         process.send_signal(signal.SIGUSR1)
-        assert process.stdout.readline().strip() == "SCENARIO STARTED"
+        read_until(process, "SCENARIO STARTED")
 
         def second_phone_gone() -> bool:
             try:
@@ -94,6 +105,11 @@ def test_virtual_lab_command_runs_a_held_alternating_scenario(tmp_path: Path) ->
                 return True
 
         wait_until(second_phone_gone, timeout_s=20, what="group 2 to go offline")
+        process.send_signal(signal.SIGUSR2)  # next turn on demand: group 2 back, group 1 gone
+        read_until(process, "SCENARIO ADVANCED")
+        wait_until(lambda: not second_phone_gone(), timeout_s=20, what="group 2 to come back")
+        process.send_signal(signal.SIGUSR2)
+        read_until(process, "SCENARIO ADVANCED")
         with adb.connect(adb.Target("tcp", f"127.0.0.1:{base}"), identity=identity, timeout_s=20) as phone:
             assert phone.run("getprop fedfleet.availability").startswith("alternating: group 1 of 2")
         process.send_signal(signal.SIGTERM)

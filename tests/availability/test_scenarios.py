@@ -147,3 +147,7 @@ def test_hold_keeps_phones_online_until_released_then_the_scenario_runs(tmp_path
         wait_for(lambda: [p.online for p in phones] == [True, True, False, False], what="group 1 offline")
         assert not lab.lab.holding and lab.call(lambda v: v.release_hold()) is False
         assert all(p.lab_time() < 60 for p in phones)  # the scenario's clock restarted at the release
+        lab.call(lambda v: v.advance_clock(3600))  # one period forward: the other group's turn, now
+        assert [p.online for p in phones] == [False, False, True, True]
+        lab.call(lambda v: v.advance_clock(3600))
+        assert [p.online for p in phones] == [True, True, False, False]
