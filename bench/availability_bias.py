@@ -2,13 +2,16 @@
 online in turns (ALGORITHMS.md §4, the FedLaAvg experiment scaled to a 2-core lab).
 
     .venv/bin/python bench/availability_bias.py [--phones 20] [--per-round 5] [--rounds 36]
-                                                [--phase-rounds 5] [--round-s S]
+                                                [--phase-rounds 5] [--turns rounds|time]
 
 Setup
 - digits, logistic regression (the paper's model), label-sorted shards with one shard per phone, so each
   phone holds one or two classes (`shards`, k = 1).
-- The lab runs `--scenario alternating --groups 2 --period-s P` with P = phase_rounds × round_s: group 0
-  is online for about `phase_rounds` rounds, then group 1, and so on ("period E" of the paper, in time).
+- The lab runs `--scenario alternating --groups 2`: group 0 online, then group 1, and so on, each turn
+  lasting E = `phase_rounds` rounds (the paper's period E). By default (`--turns rounds`) the scenario's
+  period is set far beyond the run and the benchmark ends each turn itself (SIGUSR2 to the lab) once E
+  more rounds have committed, so a turn is E rounds whatever the machine's load. With `--turns time` the
+  period is E × round_s seconds of lab time instead (round_s measured first unless given).
 - Groups follow the lab's rule (phone i of N is in group floor(2i/N)). The benchmark computes the job's
   partition (the same function and seed the engine uses), ranks the clients by their mean label, and
   registers the phones so that the engine's client order (registration order) gives the lower-class half
@@ -21,10 +24,10 @@ Setup
   often fail; a round commits with `--min-reports` (3 of the goal 5) reports, and when the engine pauses a
   job after five abandoned attempts in a row the benchmark resumes it as an operator would (counted in
   `operator_resumes`). Phones count as back once a health probe sees them (`--probe-s`, 2 s).
-- The period is in seconds, so the rounds per turn depend on the machine's speed at the time. Without
-  `--round-s` the benchmark first measures it: a 5-round FedAvg run of the same job with every phone
-  online, median seconds from one round's start to the next. The realised turns are reported
-  (`realised_phases`: [group online, rounds]); a loaded machine makes them shorter than phase_rounds.
+- With `--turns time` the rounds per turn depend on the machine's speed at the time (other work on the
+  machine makes rounds slower and turns shorter). Without `--round-s` the benchmark first measures it: a
+  5-round FedAvg run of the same job with every phone online, median seconds from one round's start to
+  the next. Either way the realised turns are reported (`realised_phases`: [group online, rounds]).
 
 Reported per algorithm (from the rows the platform recorded): final accuracy; the mean, standard deviation
 and peak-to-peak of the accuracy over the last full cycle (2 × phase_rounds committed rounds) — the
@@ -201,10 +204,29 @@ def calibrate(args: argparse.Namespace, order: list[int]) -> dict[str, Any]:
     return {"round_s": round(per_round, 2), "wall_median_s": round(statistics.median(walls), 2)}
 
 
+# In turns-by-rounds mode the scenario's period is far longer than any run: time never changes the turn,
+# only next_turn() (SIGUSR2) does.
+NEVER_S = 1e6
+
+
+class TurnByRounds:
+    """on_poll hook: end a group's turn once `phase_rounds` more rounds have committed."""
+
+    def __init__(self, lab: BenchLab, phase_rounds: int) -> None:
+        self.lab, self.phase_rounds = lab, phase_rounds
+        self.turned_after: list[int] = []  # committed round count at each turn change
+
+    def __call__(self, job: Any) -> None:
+        if job.committed_rounds >= self.phase_rounds * (len(self.turned_after) + 1):
+            self.lab.next_turn()
+            self.turned_after.append(job.committed_rounds)
+
+
 def run_algorithm(
     args: argparse.Namespace, algorithm: str, order: list[int], groups: list[int]
 ) -> dict[str, Any]:
-    period = args.phase_rounds * args.round_s
+    by_rounds = args.turns == "rounds"
+    period = NEVER_S if by_rounds else args.phase_rounds * args.round_s
     lab_args = [
         "--scenario",
         "alternating",
@@ -219,17 +241,22 @@ def run_algorithm(
         args.phones,
         seed=args.seed,
         lab_args=lab_args,
-        # Phones come back within a probe period; 2 s keeps 20 phones' probes from eating the CPU.
+        # Phones count as back once a probe sees them; 2 s keeps 20 phones' probes from eating the CPU.
         extra_env={"FEDFLEET_PROBE_INTERVAL_S": str(args.probe_s)},
         register_order=order,
     ) as lab:
+        turns = TurnByRounds(lab, args.phase_rounds) if by_rounds else None
         job = lab.run_job(
             job_config(args, algorithm),
             on_prepared=lambda _job: lab.start_scenario(),
             auto_resume=args.auto_resume,
+            on_poll=turns,
+            poll_s=0.1 if by_rounds else 0.5,
         )
         result = summarise(job, groups, 2 * args.phase_rounds)
         result["operator_resumes"] = lab.resumes.get(job.pk, 0)
+        if turns is not None:
+            result["turn_changes_after_round"] = turns.turned_after
     result["lab_wall_s"] = round(time.monotonic() - started, 1)
     return result
 
@@ -263,6 +290,13 @@ def main() -> None:
         "--probe-s", type=int, default=2, help="health-probe period (how soon a phone counts)"
     )
     parser.add_argument("--auto-resume", type=int, default=5, help="resume a job paused by abandoned rounds")
+    parser.add_argument(
+        "--turns",
+        choices=("rounds", "time"),
+        default="rounds",
+        help="end each group's turn after phase_rounds committed rounds (default), or after "
+        "phase_rounds × round_s seconds of lab time",
+    )
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # internal: run one algorithm here
     args = parser.parse_args()
     if args.phones % GROUPS:
@@ -279,7 +313,7 @@ def main() -> None:
         print(json.dumps(run_algorithm(args, args.one, order, groups)), flush=True)
         return
     calibration: dict[str, Any] = {}
-    if args.round_s <= 0:
+    if args.turns == "time" and args.round_s <= 0:
         # The scenario's period is in seconds; make it phase_rounds rounds of this machine, now.
         calibration = run_in_child("calibrate")
         args.round_s = float(calibration.get("round_s") or 4.0)
@@ -305,7 +339,8 @@ def main() -> None:
                 "per_round": args.per_round,
                 "rounds": args.rounds,
                 "phase_rounds": args.phase_rounds,
-                "period_s": args.phase_rounds * args.round_s,
+                "turns": args.turns,
+                "period_s": args.phase_rounds * args.round_s if args.turns == "time" else None,
                 "model": "logreg",
                 "partition": "shards k=1",
                 "lr": args.lr,

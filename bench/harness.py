@@ -152,6 +152,17 @@ class BenchLab:
                 raise RuntimeError("the lab did not confirm the scenario start")
             time.sleep(0.05)
 
+    def next_turn(self, timeout_s: float = 30) -> None:
+        """Move the lab's scenario clock one period forward (the next alternating group's turn, now)."""
+        log = self.work / "lab.log"
+        before = log.read_text(errors="replace").count("SCENARIO ADVANCED")
+        self.lab_process.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + timeout_s
+        while log.read_text(errors="replace").count("SCENARIO ADVANCED") <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the lab did not confirm the next turn")
+            time.sleep(0.02)
+
     # ---------------------------------------------------------------------------------------- jobs
     def run_job(
         self,
@@ -160,12 +171,15 @@ class BenchLab:
         timeout_s: float = 3600,
         on_prepared: Callable[[Any], None] | None = None,
         auto_resume: int = 0,
+        on_poll: Callable[[Any], None] | None = None,
+        poll_s: float = 0.5,
     ) -> Any:
         """Launch a job and block until it ends; `on_prepared(job)` runs once its phones are chosen.
 
         The engine pauses a job whose round is abandoned five times in a row (a broken lab must not retry
         forever). Where that is expected -- phones coming and going by design -- `auto_resume` resumes it up
-        to that many times, as an operator would; `self.resumes[job.pk]` counts how often it did."""
+        to that many times, as an operator would; `self.resumes[job.pk]` counts how often it did.
+        `on_poll(job)` runs every `poll_s` seconds with the fresh row (e.g. to turn the scenario by rounds)."""
         from django.contrib.auth import get_user_model  # noqa: PLC0415
 
         from training.job_config import parse_job_config  # noqa: PLC0415
@@ -182,6 +196,8 @@ class BenchLab:
                 prepared = True
                 assert on_prepared is not None
                 on_prepared(job)
+            if on_poll is not None and prepared:
+                on_poll(job)
             if job.status == "paused" and self.resumes.get(job.pk, 0) < auto_resume:
                 self.resumes[job.pk] = self.resumes.get(job.pk, 0) + 1
                 resume_job(job, owner)
@@ -190,7 +206,7 @@ class BenchLab:
                 return job
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job.pk} still {job.status} after {timeout_s:.0f} s")
-            time.sleep(0.5)
+            time.sleep(poll_s)
 
 
 def percentile(values: list[float], q: float) -> float:
