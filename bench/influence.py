@@ -214,6 +214,15 @@ def flip_part(args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+def attacker_rounds(job: Any, attacker: int) -> list[int]:
+    """Rounds whose aggregate took the attacker's update (its selection is random, like everyone's)."""
+    return sorted(
+        job.client_results.filter(
+            device_id=attacker, state="reported", round__status="committed"
+        ).values_list("round__number", flat=True)
+    )
+
+
 def attack_part(args: argparse.Namespace) -> dict[str, Any]:
     lab_args = ["--misbehave", "1", "--behaviour", ATTACK]
     out: dict[str, Any] = {
@@ -241,20 +250,35 @@ def attack_part(args: argparse.Namespace) -> dict[str, Any]:
                 )
             )
             wait_for_analysis(job)
-            rates = list(
-                RoundAnalysis.objects.filter(job=job)
+            rates = [
+                r
+                for r in RoundAnalysis.objects.filter(job=job)
                 .order_by("round_number")
                 .values_list("attack_success_rate", flat=True)
-            )
+                if r is not None
+            ]
+            accuracies = [r.accuracy or 0.0 for r in job.rounds.filter(status="committed").order_by("number")]
             order = ranks(influence_at_end(job))
+            run = exact_loo(job)
+            exact = {int(c): v["loss"] for c, v in ((run.result or {}).get("clients") or {}).items()}
+            agreement = ((run.result or {}).get("agreement") or {}).get("loss") or {}
             out["aggregators"][name] = {
                 "params": params,
                 "status": job.status,
+                "attacker_rounds": attacker_rounds(job, attacker),
                 "final_accuracy": job.last_accuracy,
+                "mean_accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
+                "min_accuracy": min(accuracies, default=None),
                 "attack_success_final": rates[-1] if rates else None,
-                "attack_success_max": max((r for r in rates if r is not None), default=None),
-                "attack_success_per_round": [round(r, 4) if r is not None else None for r in rates],
-                "attacker_influence_rank": order.get(attacker),
+                "attack_success_mean": sum(rates) / len(rates) if rates else None,
+                "attack_success_max": max(rates, default=None),
+                "attack_success_per_round": [round(r, 4) for r in rates],
+                "accuracy_per_round": [round(a, 4) for a in accuracies],
+                # 1 = most harmful on the test loss; the estimate assumes the weighted mean
+                "attacker_rank_estimate": order.get(attacker),
+                "attacker_rank_exact": ranks(exact).get(attacker) if exact else None,
+                "exact_loo_pearson": agreement.get("pearson"),
+                "exact_loo_spearman": agreement.get("spearman"),
                 "wall_seconds": round_trip(job)["wall_seconds"],
             }
     return out
