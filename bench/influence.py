@@ -13,8 +13,11 @@ phones), printed together as one JSON document:
    with automatic exclusion: final accuracy with vs without, and whom it excluded when.
 2. `attack`: 20 phones, 1 model-replacement attacker (`backdoor:target=0,fraction=0.5+model_replacement`:
    a backdoor trained locally, its update boosted by γ = clients per round). One job per aggregator
-   (mean, clip, median, trimmed_mean, krum, multi_krum) declaring the backdoor test: final accuracy and
-   attack success rate (the triggered test samples the model labels 0), and the attacker's influence rank.
+   (mean, clip, median, trimmed_mean, krum, multi_krum) declaring the backdoor test: accuracy and attack
+   success rate (the triggered test samples the model labels 0) per round, final and mean — the attacker
+   is selected at random like everyone, so single-round figures depend on whether it was in that round
+   (`attacker_rounds` says when) — and the attacker's rank on the test loss by the estimate and by an
+   exact leave-one-out run of each job.
 
 Every figure is read from the rows the platform recorded (RoundAnalysis, ClientInfluence, AnalysisRun).
 """
