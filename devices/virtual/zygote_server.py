@@ -139,7 +139,12 @@ class Zygote:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:
                 pass
-            self.selector.unregister(status)  # the exit is still reaped; nobody is told
+            # Forget the child here: _reap() still collects its exit (nobody is told), and must not
+            # unregister the socket a second time — that KeyError used to kill the zygote, and with it
+            # every agent running on the lab.
+            del self.children[pid]
+            self.selector.unregister(status)
+            status.close()
 
     def _shutdown(self) -> None:
         for pid in list(self.children):

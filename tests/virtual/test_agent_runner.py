@@ -124,6 +124,9 @@ def test_dropped_connection_kills_the_agent(
     wait_for(lambda: not process_alive(pid), timeout_s=30, what=f"agent {pid} to be killed")
     with connect(lab.endpoints[0], identity) as again:
         assert again.run("echo next") == "next\n"
+        # The next agent still starts: a dropped command must not take the zygote down with it.
+        report = again.run("python3 /data/local/tmp/report.py /data/local/tmp/x 0", timeout_s=120)
+        assert json.loads(report.splitlines()[0])["serial"] == "vt-agent"
 
 
 def level(lab: LabThread) -> int:
