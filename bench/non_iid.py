@@ -14,7 +14,8 @@ Every phone is online throughout (the availability benchmark is bench/availabili
 Reported per job: rounds to each of the workload's target accuracies, final and best accuracy, the accuracy curve,
 median round wall time, and the bytes moved per round (SCAFFOLD sends x and c down and Δy and Δc up, so
 its payload is about twice FedAvg's: `payload_*_bytes_per_round` are the strategy's own tensor counts,
-`wire_*_bytes_per_round` what the phones' transfers moved after round 1's agent and shard pushes).
+`wire_*_bytes_per_round` what the phones' transfers moved per round over the second half of the run, after
+the agent and every phone's shard have been pushed; `wire_bytes_vs_fedavg` their ratio to FedAvg's).
 """
 
 from __future__ import annotations
@@ -87,7 +88,9 @@ def summarise(job: Any, targets: tuple[float, ...]) -> dict[str, Any]:
         f"{target:g}": next((r.number for r in committed if (r.accuracy or 0.0) >= target), None)
         for target in targets
     }
-    later = committed[1:]  # round 1 also pushes the agent and the data shards
+    # Early rounds also push the agent and the data shards (each phone's once, when first selected); the
+    # second half of the run moves little else than the models.
+    later = committed[len(committed) // 2 :]
 
     def mean_of(values: list[float]) -> float | None:
         return round(statistics.fmean(values)) if values else None
@@ -118,6 +121,19 @@ def summarise(job: Any, targets: tuple[float, ...]) -> dict[str, Any]:
     }
 
 
+def traffic_ratios(results: dict[str, Any]) -> dict[str, float | None]:
+    """Each algorithm's wire bytes per round (second half of the run) relative to FedAvg's."""
+    base = results.get("fedavg", {})
+    ratios: dict[str, float | None] = {}
+    for name, result in results.items():
+        if not isinstance(result, dict) or name == "fedavg":
+            continue
+        for way in ("down", "up"):
+            ours, theirs = result.get(f"wire_{way}_bytes_per_round"), base.get(f"wire_{way}_bytes_per_round")
+            ratios[f"{name}_{way}"] = round(ours / theirs, 2) if ours and theirs else None
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phones", type=int, default=30)
@@ -138,6 +154,7 @@ def main() -> None:
             for algorithm in args.algorithms.split(","):
                 job = lab.run_job(job_config(args, workload, algorithm))
                 results[workload][algorithm] = summarise(job, targets)
+            results[workload]["wire_bytes_vs_fedavg"] = traffic_ratios(results[workload])
     emit(
         {
             "benchmark": "non_iid",
