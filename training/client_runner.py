@@ -22,6 +22,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from devices import adb
+from devices import services as device_services
+from devices.models import DeviceStatus
 from devices.validators import agent_python_command
 from training import storage
 from training.agent.build import AgentBuild, build_agent_pyz
@@ -178,6 +180,15 @@ def expected_upload_bytes(local_dir: Path) -> int:
     return 2 * (local_dir / "global.safetensors").stat().st_size + UPLOAD_SLACK_BYTES
 
 
+def _mark_offline(result: ClientResult, why: str) -> None:
+    """A phone nothing answers on is offline until a health probe reaches it again. Without this, releasing
+    its lease would call it online and the next round would pick it at once (the probe never sees a phone
+    that is leased most of the time), so a phone that left would fail round after round."""
+    device_services.set_status(
+        result.device_id, DeviceStatus.OFFLINE, reason=f"unreachable during job {result.job_id}: {why}"
+    )
+
+
 def run_client(result_id: int) -> None:
     result = ClientResult.objects.select_related("round", "job", "device").get(pk=result_id)
     if result.state not in IN_FLIGHT_STATES:
@@ -193,6 +204,7 @@ def run_client(result_id: int) -> None:
         _finish(result, ClientState.FAILED, f"phone stopped answering: {exc}")
     except adb.DeviceOffline as exc:
         _finish(result, ClientState.FAILED, f"phone went offline: {exc}")
+        _mark_offline(result, str(exc))
     except adb.TransferFailed as exc:
         _finish(result, ClientState.FAILED, f"transfer failed: {exc}")
     except adb.AdbError as exc:
