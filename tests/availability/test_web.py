@@ -207,3 +207,33 @@ def test_compare_page_shows_oscillation_and_bias_next_to_rounds_to_target(
     page = response.content.decode()
     assert "±5.0%" in page and "0.500" in page
     assert response.context["figure"]["data"][0]["y"] == [0.5, 0.6]
+
+
+def test_a_phone_nothing_answers_on_is_offline_not_released_as_online(operator: Any) -> None:
+    """Otherwise release_devices calls it online and the next round picks the vanished phone again."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from django.utils import timezone  # noqa: PLC0415
+
+    from devices.models import DeviceStatus  # noqa: PLC0415
+    from tests.conftest import free_port  # noqa: PLC0415
+    from training import client_runner, leases  # noqa: PLC0415
+    from training.models import ClientResult, Round  # noqa: PLC0415
+
+    job = make_job(operator, name="gone")
+    phone = make_device("ph-gone")
+    Device.objects.filter(pk=phone.pk).update(address=f"127.0.0.1:{free_port()}")  # nothing listens there
+    Participant.objects.create(
+        job=job, device=phone, client_index=0, num_samples=5, label_counts=[5], shard_sha256="0" * 64
+    )
+    rnd = make_round(job, 1, status="training")
+    Round.objects.filter(pk=rnd.pk).update(deadline_at=timezone.now() + timedelta(minutes=5))
+    assert leases.lease_devices([phone.pk], job.pk) == [phone.pk]
+    result = add_client(rnd, phone, "selected")
+    client_runner.run_client(result.pk)
+    result.refresh_from_db()
+    assert result.state == "failed" and "offline" in result.reason
+    leases.release_devices(job.pk, [phone.pk])
+    phone.refresh_from_db()
+    assert phone.status == DeviceStatus.OFFLINE and phone.lease_job_id is None
+    assert ClientResult.objects.filter(pk=result.pk, state="failed").exists()
