@@ -132,7 +132,8 @@ def apply_scenario(profiles: Sequence[PhoneProfile], scenario: Scenario | None) 
 
 
 def _seconds(value: float) -> str:
-    return f"{value:g} s"
+    """30 → "30 s", 12.5 → "12.5 s", 1e6 → "1000000 s" (never exponent notation, for people)."""
+    return f"{value:.0f} s" if value >= 1000 or value == int(value) else f"{value:g} s"
 
 
 def describe_availability(availability: AvailabilityProfile) -> str:

@@ -116,6 +116,8 @@ def test_descriptions_are_short_and_say_the_model() -> None:
     texts = [describe_availability(p.availability) for p in profiles]
     assert texts == ["alternating: group 1 of 2, period 30 s", "alternating: group 2 of 2, period 30 s"]
     assert describe_availability(PhoneProfile().availability) == "always on"
+    huge = apply_scenario(build_profiles(2, [], {}), Scenario("alternating", period_s=1e6, groups=2))
+    assert describe_availability(huge[0].availability) == "alternating: group 1 of 2, period 1000000 s"
     for kind in ("diurnal", "markov"):
         text = describe_availability(apply_scenario([PhoneProfile()], Scenario(kind))[0].availability)  # type: ignore[arg-type]
         assert text.startswith(kind) and len(text) <= 100 and text.isascii()
