@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 # Seconds after a round's deadline before the watchdog assumes the deadline task was lost.
 DEADLINE_GRACE_S = 15.0
+PROGRESS_EVERY_STEPS = 5
 # A round abandoned this many times in a row pauses the job: retrying forever would hide a broken lab.
 MAX_ROUND_ATTEMPTS = 5
 PARTITION_PARAM_NAMES = {"dirichlet": "alpha", "shards": "shards_per_client", "quantity": "sigma"}
@@ -376,6 +377,9 @@ def base_agent_config(config: JobConfig) -> dict[str, Any]:
         "clients_per_round": config.clients_per_round,
         **{k: v for k, v in config.algorithm_params.items()},
         "deadline_s": max(1.0, config.round_deadline_s * 0.9),
+        # A progress line every few steps: the dashboard shows at most 4 updates a second per phone
+        # anyway, and each line is an ADB packet the phone, the lab and the worker must handle.
+        "progress_every": PROGRESS_EVERY_STEPS,
     }
 
 
