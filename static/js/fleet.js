@@ -3,6 +3,8 @@
 // a snapshot is loading are held and applied after it. Phone-provided text is only ever set with
 // textContent, never as HTML.
 
+import { el } from "./dom.js";
+
 const table = document.getElementById("fleet-table");
 const tbody = table.querySelector("tbody");
 const indicator = document.getElementById("live-indicator");
@@ -29,17 +31,6 @@ function matches(row) {
     if (!haystack.includes(filter.q)) return false;
   }
   return true;
-}
-
-function el(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
 }
 
 function timeAgo(iso) {

@@ -6,6 +6,7 @@
 // with textContent, never as HTML.
 
 import { renderInfluence } from "./job_influence.js";
+import { el } from "./dom.js";
 
 const root = document.getElementById("job-dashboard");
 const indicator = document.getElementById("live-indicator");
@@ -28,17 +29,6 @@ let pending = null; // events held while a snapshot loads
 let refetchAgain = false; // a round completed while a snapshot was loading
 let currentRound = null; // Round.snapshot() of the round the grid shows
 const clients = new Map(); // device id -> ClientResult.snapshot() (plus live progress)
-
-function el(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
 
 function setIndicator(state, text) {
   indicator.classList.remove("connected", "reconnecting");

@@ -4,18 +4,9 @@
 // exclude/include buttons for operators, and lists the exact leave-one-out runs. Text from phones and users
 // is only ever set with textContent.
 
-const section = document.getElementById("influence-section");
+import { el } from "./dom.js";
 
-function el(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key in node) node[key] = value;
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) node.append(child);
-  return node;
-}
+const section = document.getElementById("influence-section");
 
 const signed = (value, digits = 4) =>
   value === null || value === undefined ? "–" : `${value >= 0 ? "+" : ""}${Number(value).toFixed(digits)}`;

@@ -54,6 +54,7 @@ from training.fl.strategy import (
     ServerState,
     Strategy,
     Weights,
+    round_counts,
 )
 from training.fl.submodel import (
     COUNT,
@@ -308,11 +309,8 @@ class FedSubAvg(Strategy):
         updates: Sequence[ClientUpdate],
         failures: Sequence[ClientFailure],
     ) -> tuple[ServerState, dict[str, float]]:
-        ids = [u.client_id for u in updates]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"duplicate client updates in round {round_no}: {sorted(ids)}")
+        metrics = round_counts(round_no, updates, failures)
         weights = dict(state.weights)
-        metrics: dict[str, float] = {"num_reported": float(len(updates)), "num_failed": float(len(failures))}
         if updates:
             uploads = [u.tensors for u in updates]
             for table in self.tables:
@@ -330,7 +328,7 @@ class FedSubAvg(Strategy):
             metrics["bytes_up_mean"] = sum(upload_size_bytes(u) for u in uploads) / len(uploads)
         new_state = ServerState(weights=weights, buffers=dict(state.buffers), meta=dict(state.meta))
         new_state.meta[REQUESTS_META] = dict(state.meta.get(REQUESTS_META, {}))
-        self._forget_requests(new_state, ids + [f.client_id for f in failures])
+        self._forget_requests(new_state, [u.client_id for u in updates] + [f.client_id for f in failures])
         return new_state, metrics
 
 
