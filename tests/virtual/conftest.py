@@ -7,7 +7,6 @@ that no phone trusts. Nothing here sleeps to synchronise: readiness is the lab's
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,19 +18,14 @@ from devices import adb
 from devices.adb_identity import AdbIdentity, load_or_create_identity
 from devices.virtual.lab import LabConfig, LabThread, PhoneEndpoint
 from devices.virtual.profile import PhoneProfile
+from tests.conftest import wait_until
 
 CONNECT_TIMEOUT_S = 20.0  # generous: the test machine has two cores shared with other work
 
 
 def wait_for(condition: Callable[[], Any], *, timeout_s: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+    """tests.conftest.wait_until with this package's defaults (a short poll interval, 20 s)."""
+    return wait_until(condition, timeout_s=timeout_s, interval_s=0.02, what=what)
 
 
 @pytest.fixture(scope="session")
