@@ -24,6 +24,7 @@ from training.fl.strategy import (
     Strategy,
     Weights,
     round_counts,
+    same_for_all,
 )
 
 
@@ -47,10 +48,7 @@ class FedAvg(Strategy):
         self, state: ServerState, round_no: int, client_ids: Sequence[str], base_config: Mapping[str, Any]
     ) -> list[ClientInstructions]:
         config = self.client_config(base_config)
-        return [
-            ClientInstructions(client_id=cid, tensors=dict(state.weights), config=dict(config))
-            for cid in client_ids
-        ]
+        return same_for_all(state, client_ids, config)
 
     def aggregate(
         self,

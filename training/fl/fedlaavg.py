@@ -56,6 +56,7 @@ from training.fl.strategy import (
     Strategy,
     Weights,
     round_counts,
+    same_for_all,
 )
 
 G_PREFIX = "fedlaavg.G."
@@ -166,10 +167,7 @@ class FedLaAvg(Strategy):
             "num_clients": self.num_clients,
             "total_samples": self.total_samples,
         }
-        return [
-            ClientInstructions(client_id=cid, tensors=dict(state.weights), config=dict(config))
-            for cid in client_ids
-        ]
+        return same_for_all(state, client_ids, config)
 
     def aggregate(
         self,

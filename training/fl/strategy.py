@@ -86,6 +86,16 @@ class ServerState:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def same_for_all(
+    state: ServerState, client_ids: Sequence[str], config: Mapping[str, Any]
+) -> list[ClientInstructions]:
+    """Instructions that send every chosen client the global weights and the same config."""
+    return [
+        ClientInstructions(client_id=cid, tensors=dict(state.weights), config=dict(config))
+        for cid in client_ids
+    ]
+
+
 def round_counts(
     round_no: int, updates: Sequence[ClientUpdate], failures: Sequence[ClientFailure]
 ) -> dict[str, float]:
