@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import os
 import queue
 import re
@@ -53,6 +54,8 @@ __all__ = [
     "DeviceOffline",
     "DeviceTimeout",
     "DeviceUnauthorized",
+    "RemoteFileMissing",
+    "RemoteFileTooLarge",
     "RemoteStat",
     "Target",
     "TransferFailed",
@@ -86,6 +89,23 @@ class DeviceTimeout(AdbError):
 
 class TransferFailed(AdbError):
     """A push or pull broke off, or the remote file is missing."""
+
+
+class RemoteFileMissing(TransferFailed):
+    """A file to pull does not exist (nothing was transferred; the connection is still usable)."""
+
+    def __init__(self, message: str, *, remote: str) -> None:
+        super().__init__(message)
+        self.remote = remote
+
+
+class RemoteFileTooLarge(TransferFailed):
+    """A file to pull is over the caller's limit (nothing was transferred; the connection is still usable)."""
+
+    def __init__(self, message: str, *, remote: str, size: int) -> None:
+        super().__init__(message)
+        self.remote = remote
+        self.size = size
 
 
 class CommandFailed(AdbError):
@@ -526,7 +546,7 @@ class AdbConnection:
             self._offered_public_key = True
 
         try:
-            signer = CryptographySigner(str(identity.private_key_path))
+            signer = _signer(identity.private_key_path)
         except (OSError, ValueError) as exc:
             raise AdbError(f"cannot load the ADB key {identity.private_key_path}: {exc}") from None
         with self._errors("connect", timeout_s + auth_timeout_s):
@@ -624,26 +644,33 @@ class AdbConnection:
         timeout_s: float = 120.0,
     ) -> int:
         """Send a local file; returns its size. progress(done, total) gets running totals."""
-        local = Path(local)
-        try:
-            source = local.open("rb", buffering=0)
-        except OSError as exc:
-            raise TransferFailed(f"cannot read {local}: {exc.strerror}") from None
-        with source:
-            info = os.fstat(source.fileno())
-            if not stat_module.S_ISREG(info.st_mode):
-                raise TransferFailed(f"{local} is not a regular file")
-            mode = stat_module.S_IFREG | (info.st_mode & 0o777)
-            report = _running_total(progress, info.st_size)
+        return self.push_files([(local, remote)], progress=progress, timeout_s=timeout_s)
+
+    def push_files(
+        self,
+        files: Sequence[tuple[Path, str]],
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        timeout_s: float = 120.0,
+    ) -> int:
+        """Send (local, remote) files over one sync stream -- one stream open and close for all of them,
+        which is what a few small files cost most -- and return the bytes sent. progress(done, total)
+        counts over the whole batch."""
+        with contextlib.ExitStack() as stack:
+            sources = [(stack.enter_context(_open_for_push(Path(local))), remote) for local, remote in files]
+            sizes = [os.fstat(source.fileno()).st_size for source, _ in sources]
+            report = _running_total(progress, sum(sizes))
             with self._errors("push", timeout_s, transfer=True):
                 stream = _SyncStream(self._device, timeout_s)
                 try:
-                    stream.push(source, f"{remote},{mode}".encode(), report)
+                    for source, remote in sources:
+                        mode = stat_module.S_IFREG | (os.fstat(source.fileno()).st_mode & 0o777)
+                        stream.push(source, f"{remote},{mode}".encode(), report)
                 except _RemoteFailure:
                     stream.close()
                     raise
                 stream.close()
-        return info.st_size
+        return sum(sizes)
 
     def pull(
         self,
@@ -654,25 +681,59 @@ class AdbConnection:
         timeout_s: float = 120.0,
     ) -> int:
         """Fetch a remote file into `local` (written under a temporary name, renamed when complete)."""
-        local = Path(local)
-        partial = local.with_name(f".{local.name}.{os.getpid()}.partial")
+        return self.pull_files([(remote, local)], progress=progress, timeout_s=timeout_s)
+
+    def pull_files(
+        self,
+        files: Sequence[tuple[str, Path]],
+        *,
+        max_bytes: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        timeout_s: float = 120.0,
+    ) -> int:
+        """Fetch (remote, local) files over one sync stream and return the bytes received.
+
+        Every file is STATed before any is fetched: a missing one raises RemoteFileMissing and one larger
+        than `max_bytes` RemoteFileTooLarge, before anything is transferred or written (the connection
+        stays usable). Each file is written under a temporary name and renamed when complete."""
+        partials = [Path(local).with_name(f".{Path(local).name}.{os.getpid()}.partial") for _, local in files]
         try:
-            with partial.open("wb") as sink, self._errors("pull", timeout_s, transfer=True):
+            with self._errors("pull", timeout_s, transfer=True):
                 stream = _SyncStream(self._device, timeout_s)
                 try:
-                    total = stream.stat(remote.encode())[1] if progress is not None else 0
-                    stream.pull(remote.encode(), sink, _running_total(progress, total))
-                except _RemoteFailure:
+                    sizes = [self._checked_size(stream, remote, max_bytes) for remote, _ in files]
+                    report = _running_total(progress, sum(sizes))
+                    for (remote, _), partial in zip(files, partials, strict=True):
+                        with partial.open("wb") as sink:
+                            stream.pull(remote.encode(), sink, report)
+                except (_RemoteFailure, RemoteFileMissing, RemoteFileTooLarge):
                     stream.close()
                     raise
                 stream.close()
-            size = partial.stat().st_size
-            os.replace(partial, local)
+            received = 0
+            for (_, local), partial in zip(files, partials, strict=True):
+                received += partial.stat().st_size
+                os.replace(partial, local)
         except OSError as exc:
-            raise TransferFailed(f"cannot write {local}: {exc.strerror}") from None
+            raise TransferFailed(f"cannot write {exc.filename}: {exc.strerror}") from None
         finally:
-            with contextlib.suppress(OSError):
-                partial.unlink()
+            for partial in partials:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+        return received
+
+    def _checked_size(self, stream: _SyncStream, remote: str, max_bytes: int | None) -> int:
+        mode, size, mtime = stream.stat(remote.encode())
+        if mode == 0 and size == 0 and mtime == 0:
+            raise RemoteFileMissing(
+                f"pull on {self.target.address}: {remote}: No such file or directory", remote=remote
+            )
+        if max_bytes is not None and size > max_bytes:
+            raise RemoteFileTooLarge(
+                f"pull on {self.target.address}: {remote} is {size} bytes, over the {max_bytes}-byte limit",
+                remote=remote,
+                size=size,
+            )
         return size
 
     def stat(self, remote: str, *, timeout_s: float = 30.0) -> RemoteStat | None:
@@ -728,6 +789,18 @@ class AdbConnection:
                 self._transport.deadline = None
 
 
+@contextlib.contextmanager
+def _open_for_push(local: Path) -> Iterator[Any]:
+    try:
+        source = local.open("rb", buffering=0)
+    except OSError as exc:
+        raise TransferFailed(f"cannot read {local}: {exc.strerror}") from None
+    with source:
+        if not stat_module.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise TransferFailed(f"{local} is not a regular file")
+        yield source
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, adb_errors.AdbCommandFailureException):
@@ -746,6 +819,18 @@ def _running_total(progress: Callable[[int, int], None] | None, total: int) -> C
             progress(done, total)
 
     return report
+
+
+def _signer(private_key_path: Path) -> CryptographySigner:
+    """The signer for a key file, parsed once per version of the file: loading and checking an RSA
+    private key costs more CPU than the rest of a connect, and a round connects to every phone."""
+    info = private_key_path.stat()
+    return _cached_signer(str(private_key_path), info.st_mtime_ns, info.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_signer(path: str, mtime_ns: int, size: int) -> CryptographySigner:
+    return CryptographySigner(path)
 
 
 def connect(

@@ -109,8 +109,18 @@ def test_virtual_lab_command_runs_a_held_alternating_scenario(tmp_path: Path) ->
         read_until(process, "SCENARIO ADVANCED")
         wait_until(lambda: not second_phone_gone(), timeout_s=20, what="group 2 to come back")
         process.send_signal(signal.SIGUSR2)
-        read_until(process, "SCENARIO ADVANCED")
-        with adb.connect(adb.Target("tcp", f"127.0.0.1:{base}"), identity=identity, timeout_s=20) as phone:
+        read_until(process, "SCENARIO ADVANCED")  # printed when the turn is asked for, not yet applied
+        first = adb.Target("tcp", f"127.0.0.1:{base}")
+
+        def first_phone_back() -> bool:
+            try:
+                with adb.connect(first, identity=identity, timeout_s=2):
+                    return True
+            except adb.AdbError:
+                return False
+
+        wait_until(first_phone_back, timeout_s=20, what="group 1 to come back")
+        with adb.connect(first, identity=identity, timeout_s=20) as phone:
             assert phone.run("getprop fedfleet.availability").startswith("alternating: group 1 of 2")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -215,6 +215,43 @@ def test_pull_of_missing_file_fails_and_connection_stays_usable(
     assert phone.run("echo still-here") == "still-here\n"
 
 
+def test_several_files_go_both_ways_over_one_sync_stream(phone: adb.AdbConnection, tmp_path: Path) -> None:
+    sources = []
+    for index, size in enumerate((0, 10, 300_000)):
+        source = tmp_path / f"f{index}.bin"
+        source.write_bytes(os.urandom(size))
+        sources.append(source)
+    remotes = [f"/data/local/tmp/batch-{s.name}" for s in sources]
+    totals: list[tuple[int, int]] = []
+    sent = phone.push_files(
+        list(zip(sources, remotes, strict=True)), progress=lambda d, t: totals.append((d, t))
+    )
+    assert sent == 300_010 and totals[-1] == (sent, sent)
+    backs = [tmp_path / f"back-{s.name}" for s in sources]
+    assert phone.pull_files(list(zip(remotes, backs, strict=True)), max_bytes=300_000) == sent
+    assert [sha256(b) for b in backs] == [sha256(s) for s in sources]
+
+
+def test_pull_files_checks_every_file_before_fetching_any(phone: adb.AdbConnection, tmp_path: Path) -> None:
+    small, big = tmp_path / "small.bin", tmp_path / "big.bin"
+    small.write_bytes(b"s" * 100)
+    big.write_bytes(b"b" * 5000)
+    phone.push_files([(small, "/data/local/tmp/small.bin"), (big, "/data/local/tmp/big.bin")])
+    local_small, local_big = tmp_path / "got-small", tmp_path / "got-big"
+    files = [("/data/local/tmp/small.bin", local_small), ("/data/local/tmp/big.bin", local_big)]
+    with pytest.raises(adb.RemoteFileTooLarge) as too_large:
+        phone.pull_files(files, max_bytes=4999)
+    assert too_large.value.remote == "/data/local/tmp/big.bin" and too_large.value.size == 5000
+    with pytest.raises(adb.RemoteFileMissing) as missing:
+        phone.pull_files([*files[:1], ("/data/local/tmp/absent.bin", tmp_path / "absent")])
+    assert missing.value.remote == "/data/local/tmp/absent.bin"
+    assert isinstance(missing.value, adb.TransferFailed)
+    assert not local_small.exists() and not local_big.exists()  # nothing written, not even the good one
+    assert not list(tmp_path.glob(".*.partial"))
+    assert phone.run("echo still-here") == "still-here\n"
+    assert phone.pull_files(files, max_bytes=5000) == 5100
+
+
 def test_drop_mid_push_fails_and_phone_serves_next_connection(
     lab: LabThread, identity: AdbIdentity, tmp_path: Path
 ) -> None:
