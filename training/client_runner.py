@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import posixpath
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -152,14 +153,21 @@ def parse_agent_output(lines: Any, on_progress: ProgressRelay | None) -> AgentRu
     return run
 
 
-def remote_sha256(conn: adb.AdbConnection, paths: list[str], *, make_dirs: list[str]) -> dict[str, str]:
-    """Create `make_dirs` and hash `paths` on the phone in one command (one round trip, not three).
+def remote_sha256(
+    conn: adb.AdbConnection, paths: list[str], *, make_dirs: list[str], remove_first: str | None = None
+) -> dict[str, str]:
+    """Remove `remove_first` (last round's dir tree), create `make_dirs` and hash `paths` on the phone in
+    one command: one round trip where there were four (a round's cleanup used to be its own command at
+    the end of the round, on the way to reporting).
 
     Missing files simply have no line; the output is untrusted text, so only well-formed
     `<64 hex>  <one of our paths>` lines count."""
     quoted_dirs = " ".join(shlex.quote(d) for d in make_dirs)
     quoted_paths = " ".join(shlex.quote(p) for p in paths)
-    output = conn.shell(f"mkdir -p {quoted_dirs} && sha256sum {quoted_paths} 2>/dev/null", timeout_s=30)
+    remove = f"rm -rf {shlex.quote(remove_first)}; " if remove_first else ""
+    output = conn.shell(
+        f"{remove}mkdir -p {quoted_dirs} && sha256sum {quoted_paths} 2>/dev/null", timeout_s=30
+    )
     hashes = {}
     for line in output.splitlines():
         digest, _, path = line.strip().partition("  ")
@@ -233,6 +241,8 @@ def _run(result: ClientResult) -> None:
             conn,
             [remote_agent, remote_shard],
             make_dirs=[remote_round, storage.phone_state_dir(work_dir, job.pk)],
+            # Earlier rounds' dirs of this job (the phone is leased to one job, one round at a time).
+            remove_first=storage.phone_rounds_dir(work_dir, job.pk),
         )
         build = agent_build()
         pushed = push_if_changed(conn, build.path, remote_agent, build.sha256, current)
@@ -247,8 +257,9 @@ def _run(result: ClientResult) -> None:
                 return
         # This round's model traffic (the request step's union included), apart from agent and shard.
         payload_down = request.bytes_down if request is not None else 0
-        for name in ("global.safetensors", "config.json"):
-            payload_down += conn.push(local_dir / name, f"{remote_round}/{name}")
+        payload_down += conn.push_files(
+            [(local_dir / name, f"{remote_round}/{name}") for name in ("global.safetensors", "config.json")]
+        )
         pushed += payload_down
         push_s = time.monotonic() - t0
 
@@ -271,20 +282,19 @@ def _run(result: ClientResult) -> None:
         if not _set_state(result, ClientState.PULLING, train_s=train_s):
             return
         limit = expected_upload_bytes(local_dir)
-        for name in ("update.safetensors", "result.json"):
-            remote = f"{remote_round}/{name}"
-            info = conn.stat(remote)
-            if info is None:
-                _finish(result, ClientState.FAILED, f"the agent wrote no {name}")
-                return
-            if info.size > limit:
-                _finish(
-                    result, ClientState.REJECTED, f"{name} is {info.size} bytes, over the {limit}-byte limit"
-                )
-                return
-            conn.pull(remote, local_dir / name)
+        outputs = ("update.safetensors", "result.json")
+        try:  # one sync stream: both sizes are checked before either file is fetched
+            conn.pull_files(
+                [(f"{remote_round}/{name}", local_dir / name) for name in outputs], max_bytes=limit
+            )
+        except adb.RemoteFileMissing as exc:
+            _finish(result, ClientState.FAILED, f"the agent wrote no {posixpath.basename(exc.remote)}")
+            return
+        except adb.RemoteFileTooLarge as exc:
+            name = posixpath.basename(exc.remote)
+            _finish(result, ClientState.REJECTED, f"{name} is {exc.size} bytes, over the {limit}-byte limit")
+            return
         pull_s = time.monotonic() - t2
-        conn.shell(f"rm -rf {shlex.quote(remote_round)}", timeout_s=30)
 
     _accept(result, local_dir, limit, pull_s, request, payload_down)
 
@@ -335,8 +345,9 @@ def _request_step(
     down = up = 0
     recorded = submodel_rounds.recorded_request_path(local_dir)
     if not recorded.exists():
-        for name in ("global.safetensors", "config.json"):  # U and the request config
-            down += conn.push(local_dir / name, f"{remote_round}/{name}")
+        down += conn.push_files(  # U and the request config
+            [(local_dir / name, f"{remote_round}/{name}") for name in ("global.safetensors", "config.json")]
+        )
         send_job_event(
             result.job_id, "device.progress", round=rnd.number, device=device.pk, state="requesting"
         )
@@ -349,21 +360,22 @@ def _request_step(
             why = run.error or (run.tail[-1] if run.tail else "no output")
             _finish(result, ClientState.FAILED, f"index request: agent exited with {run.exit_code}: {why}")
             return None
-        remote = f"{remote_round}/{submodel_rounds.REQUEST_FILE}"
-        info = conn.stat(remote)
         limit = engine.max_request_bytes(rnd)
-        if info is None:
+        pulled = local_dir / "request.pulled.safetensors"
+        try:
+            up = conn.pull_files(
+                [(f"{remote_round}/{submodel_rounds.REQUEST_FILE}", pulled)], max_bytes=limit
+            )
+        except adb.RemoteFileMissing:
             _finish(result, ClientState.FAILED, "the agent wrote no index request")
             return None
-        if info.size > limit:
+        except adb.RemoteFileTooLarge as exc:
             _finish(
                 result,
                 ClientState.REJECTED,
-                f"index request rejected: {info.size} bytes, more than the whole union ({limit} bytes)",
+                f"index request rejected: {exc.size} bytes, more than the whole union ({limit} bytes)",
             )
             return None
-        pulled = local_dir / "request.pulled.safetensors"
-        up = conn.pull(remote, pulled)
         try:
             tensors = load_tensors(pulled, max_bytes=limit)
         except InvalidUpdate as exc:

@@ -119,5 +119,10 @@ def phone_state_dir(work_dir: str, job_id: int) -> str:
     return posixpath.join(work_dir, relative_state_dir(job_id))
 
 
+def phone_rounds_dir(work_dir: str, job_id: int) -> str:
+    """Where a job's round dirs live on a phone; each round clears it first (client_runner)."""
+    return posixpath.join(phone_job_dir(work_dir, job_id), "rounds")
+
+
 def phone_round_dir(work_dir: str, job_id: int, round_no: int, attempt: int) -> str:
-    return posixpath.join(phone_job_dir(work_dir, job_id), f"round-{int(round_no)}.{int(attempt)}")
+    return posixpath.join(phone_rounds_dir(work_dir, job_id), f"round-{int(round_no)}.{int(attempt)}")
