@@ -6,14 +6,23 @@ The archive is byte-for-byte reproducible — entries sorted, fixed timestamps a
 compression — so its sha256 changes only when the code does. The platform versions the agent by that hash
 and pushes it to a phone only when the phone's copy differs. (`zipapp.create_archive` stamps each entry
 with the file's mtime and walks the tree unsorted, so the zip is written here directly in the same format.)
+
+Next to each module's source the archive holds its bytecode (`name.pyc`, the layout zipimport looks for),
+compiled by the building interpreter as a *checked hash-based* pyc (PEP 552): zipimport validates it
+against the source beside it by hash, not by timestamp, so the fixed timestamps do not matter. Every agent
+run is a fresh process, and compiling the sources it imports cost it about 20 ms of CPU per run (measured
+on this lab's phones: a third of a run's time outside training). A phone whose Python has another
+bytecode version sees a foreign magic number, and zipimport falls back to the source.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import zipfile
 from dataclasses import dataclass
+from importlib import _bootstrap_external
 from pathlib import Path
 
 from training.fl.wire import write_bytes_atomic
@@ -62,6 +71,21 @@ def collect_sources(root: Path) -> dict[str, bytes]:
     return files
 
 
+def compiled(name: str, source: bytes) -> bytes:
+    """`source` as a checked hash-based pyc; the code's file name is the entry in the archive."""
+    code = compile(source, f"{PYZ_NAME}/{name}", "exec", dont_inherit=True)
+    return bytes(
+        _bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=True)
+    )
+
+
+def with_bytecode(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {
+        **files,
+        **{name + "c": compiled(name, data) for name, data in files.items() if name.endswith(".py")},
+    }
+
+
 def pyz_bytes(files: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     buffer.write(SHEBANG)
@@ -77,7 +101,7 @@ def pyz_bytes(files: dict[str, bytes]) -> bytes:
 
 def build_agent_pyz(out_dir: Path, *, root: Path | None = None) -> AgentBuild:
     """Write `<out_dir>/agent.pyz` (atomically) and return its path, sha256, size and entries."""
-    files = collect_sources(root if root is not None else source_root())
+    files = with_bytecode(collect_sources(root if root is not None else source_root()))
     data = pyz_bytes(files)
     path = Path(out_dir) / PYZ_NAME
     write_bytes_atomic(path, data)
