@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -65,14 +66,17 @@ class BenchLab:
         self.env = dict(
             os.environ,
             DJANGO_SETTINGS_MODULE="config.settings",
-            DJANGO_DEBUG="1",
+            # Measure what a deployment runs: DEBUG off (DEBUG keeps every SQL query in memory and wraps
+            # each cursor call), with a throwaway secret key.
+            DJANGO_DEBUG="0",
+            DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
             FEDFLEET_DATA_DIR=str(self.work / "data"),
             DATABASE_URL=f"sqlite:///{self.work / 'db.sqlite3'}",
             REDIS_URL=self.redis.url,
             PYTHONUNBUFFERED="1",
             **self.extra_env,
         )
-        os.environ.update({k: self.env[k] for k in ("DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "FEDFLEET_DATA_DIR",
+        os.environ.update({k: self.env[k] for k in ("DJANGO_SETTINGS_MODULE", "DJANGO_DEBUG", "DJANGO_SECRET_KEY", "FEDFLEET_DATA_DIR",
                                                      "DATABASE_URL", "REDIS_URL")})  # fmt: skip
         subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=REPO, env=self.env, check=True)
         import django  # noqa: PLC0415

@@ -59,6 +59,10 @@ def main() -> None:
                 r.train_s - float(r.metrics.get("train_time_s", 0.0)) for r in reported
             )
             last_report = max(r.reported_at for r in reported)
+
+            def median_of(key: str, rows: list = reported) -> float:
+                return round(statistics.median(float(r.metrics.get(key, 0.0)) for r in rows), 3)
+
             rounds.append(
                 {
                     "round": rnd.number,
@@ -71,6 +75,14 @@ def main() -> None:
                     "pull_s": round(rnd.pull_s, 3),
                     "aggregate_s": round(rnd.aggregate_s, 3),
                     "phone_agent_outside_training_median_s": round(agent_outside_training, 3),
+                    # The agent's own phases (its clock, from start of main to result.json written);
+                    # the rest of the agent command is process start on the phone and ADB streaming.
+                    "phone_agent_load_median_s": median_of("agent_load_s"),
+                    "phone_agent_write_median_s": median_of("agent_write_s"),
+                    "phone_agent_total_median_s": median_of("agent_total_s"),
+                    "phone_agent_command_median_s": round(statistics.median(r.train_s for r in reported), 3),
+                    "phone_push_median_s": round(statistics.median(r.push_s for r in reported), 3),
+                    "phone_pull_median_s": round(statistics.median(r.pull_s for r in reported), 3),
                     "last_report_to_commit_s": round((rnd.finished_at - last_report).total_seconds(), 3),
                     "accuracy": rnd.accuracy,
                 }
