@@ -119,7 +119,7 @@ class BenchLab:
         base_port = free_port_range(self.phones)
         argv = [sys.executable, "-m", "devices.virtual", "--phones", str(self.phones), "--base-port",
                 str(base_port), "--keys", str(keys), "--seed", str(self.seed), "--lab-dir",
-                str(self.work / "lab"), *self.lab_args]  # fmt: skip
+                str(self.work / "lab"), "--warm-zygote", *self.lab_args]  # fmt: skip
         if self.profiles:
             argv += ["--profiles", str(self.profiles)]
         process = self._start("lab", argv)

@@ -87,7 +87,7 @@ def main() -> int:
         "devices": f"{bin_dir}/celery -A config worker -Q devices -P threads -c 32 -n devices@%h -l INFO",
         "training": f"{bin_dir}/celery -A config worker -Q training -P prefork -c 2 -n training@%h -l INFO",
         "beat": f"{bin_dir}/celery -A config beat -l INFO -s {DATA_DIR}/celerybeat-schedule",
-        "lab": f"{PY} manage.py virtual_lab --phones {PHONES} --seed 1 --register",
+        "lab": f"{PY} manage.py virtual_lab --phones {PHONES} --seed 1 --warm-zygote --register",
     }
     for name, cmd in procs.items():
         manager.add_process(name, cmd, env=env, cwd=str(REPO))

@@ -12,6 +12,7 @@ import logging
 import math
 import posixpath
 import shlex
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -41,8 +42,18 @@ PROGRESS_EVENT_INTERVAL_S = 0.25
 UPLOAD_SLACK_BYTES = 256 * 1024
 
 
-@lru_cache(maxsize=1)
+_agent_build_lock = threading.Lock()
+
+
 def agent_build() -> AgentBuild:
+    """This process's agent.pyz, built on first use. The lock matters: a round's first tasks arrive
+    together on the devices worker's threads, and each would otherwise compile and write its own copy."""
+    with _agent_build_lock:
+        return _built_agent()
+
+
+@lru_cache(maxsize=1)
+def _built_agent() -> AgentBuild:
     return build_agent_pyz(storage.data_dir() / "agent")
 
 

@@ -28,6 +28,11 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-zygote", action="store_true", help="start a fresh interpreter per agent run (slower)"
     )
+    parser.add_argument(
+        "--warm-zygote",
+        action="store_true",
+        help="import torch for the agents when the lab starts, not on the first agent run",
+    )
     add_scenario_arguments(parser)
     add_misbehaviour_arguments(parser)
 
@@ -49,6 +54,7 @@ def config_from_args(args: argparse.Namespace, *, default_keys: Path | None, dat
         profiles_file=args.profiles,
         seed=args.seed,
         use_zygote=not args.no_zygote,
+        warm_zygote=args.warm_zygote and not args.no_zygote,
         scenario=scenario_from_args(args),
         hold_online_s=hold_from_args(args),
         misbehaviour=misbehaviour_from_args(args),

@@ -48,6 +48,9 @@ class LabConfig:
     profiles: tuple[PhoneProfile, ...] = ()  # given directly (tests); wins over profiles_file
     seed: int = 0
     use_zygote: bool = True
+    # Start the zygote (import torch) with the lab rather than on the first agent run: a lab meant for
+    # training then has no slow first round. Off by default: a test lab that never trains never pays it.
+    warm_zygote: bool = False
     tick_s: float = 0.2  # how often availability is re-evaluated
     scenario: Scenario | None = None  # replaces every profile's availability model (scenarios.py)
     # Hold every phone online for this many seconds (math.inf: until release_hold()), then start the
@@ -108,7 +111,9 @@ class VirtualLab:
         if self.config.keys_file is not None and not Path(self.config.keys_file).is_file():
             raise LabError(f"adb_keys file {self.config.keys_file} does not exist")
         if self.config.use_zygote:
-            self.runner = ZygoteRunner()  # started on the first agent run
+            self.runner = ZygoteRunner()  # started on the first agent run unless warm_zygote
+            if self.config.warm_zygote:
+                await self.runner.start()  # ready in the background; phones listen meanwhile
         started_at = time.monotonic()
         self._holding = self.config.hold_online_s is not None
         for index, profile in enumerate(profiles):

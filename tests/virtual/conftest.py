@@ -57,6 +57,7 @@ def start_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
         keys_file: Path | None,
         accept_new_keys: bool = False,
         use_zygote: bool = False,
+        warm_zygote: bool = False,
         seed: int = 0,
     ) -> LabThread:
         config = LabConfig(
@@ -67,6 +68,7 @@ def start_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
             profiles=tuple(profiles),
             seed=seed,
             use_zygote=use_zygote,
+            warm_zygote=warm_zygote,
         )
         lab = LabThread(config)
         lab.start()

@@ -153,3 +153,11 @@ def process_alive(pid: int) -> bool:
 
 def test_pid_check_helper_sees_this_process() -> None:
     assert process_alive(os.getpid())
+
+
+def test_a_warm_lab_imports_torch_before_any_agent_runs(start_lab, keys_file: Path) -> None:
+    lab = start_lab([PhoneProfile(serial="vt-warm")], keys_file=keys_file, use_zygote=True, warm_zygote=True)
+    runner = lab.lab.runner
+    assert isinstance(runner, ZygoteRunner)
+    wait_for(lambda: "torch" in runner.preloaded, timeout_s=120, what="the zygote to import torch")
+    assert runner.forked == 0
