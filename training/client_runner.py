@@ -7,6 +7,7 @@ size, and a bad one is *rejected* with a reason while the round goes on without 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -187,6 +188,18 @@ def remote_sha256(
     return hashes
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file that is written once and never changed in place (a job's union of ids)."""
+    info = path.stat()
+    return _file_sha256(str(path), info.st_mtime_ns, info.st_size)
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def push_if_changed(
     conn: adb.AdbConnection, local: Path, remote: str, sha256: str, current: dict[str, str]
 ) -> int:
@@ -248,9 +261,11 @@ def _run(result: ClientResult) -> None:
         t0 = time.monotonic()
         _set_state(result, ClientState.PUSHING)
         remote_shard = storage.phone_shard_path(work_dir, job.pk)
+        submodel = needs_request(job)
+        remote_union = storage.phone_union_path(work_dir, job.pk)
         current = remote_sha256(
             conn,
-            [remote_agent, remote_shard],
+            [remote_agent, remote_shard, *([remote_union] if submodel else [])],
             make_dirs=[remote_round, storage.phone_state_dir(work_dir, job.pk)],
             # Earlier rounds' dirs of this job (the phone is leased to one job, one round at a time).
             remove_first=storage.phone_rounds_dir(work_dir, job.pk),
@@ -260,13 +275,21 @@ def _run(result: ClientResult) -> None:
         local_shard = storage.shard_path(job.pk, participant.client_index)
         pushed += push_if_changed(conn, local_shard, remote_shard, participant.shard_sha256, current)
         request: RequestStep | None = None
-        if needs_request(job):  # submodel jobs: the phone's index request decides what it downloads
+        if submodel:  # the phone's index request decides what it downloads
+            union_down = push_if_changed(
+                conn,
+                storage.union_path(job.pk),
+                remote_union,
+                file_sha256(storage.union_path(job.pk)),
+                current,
+            )
             request = _request_step(
-                conn, result, participant, local_dir, remote_round, remote_agent, remaining
+                conn, result, participant, local_dir, remote_round, remote_agent, remaining, union_down
             )
             if request is None:
                 return
-        # This round's model traffic (the request step's union included), apart from agent and shard.
+        # This round's model traffic (the union when it was sent, and the request step's config
+        # included), apart from agent and shard.
         payload_down = request.bytes_down if request is not None else 0
         payload_down += conn.push_files(
             [(local_dir / name, f"{remote_round}/{name}") for name in ("global.safetensors", "config.json")]
@@ -343,6 +366,7 @@ def _request_step(
     remote_round: str,
     remote_agent: str,
     remaining: float,
+    union_down: int,
 ) -> RequestStep | None:
     """Get this phone's index request (once per round attempt), check and record it, then write its
     submodel download (engine.configure_client). None: the phone failed or was rejected (recorded).
@@ -353,12 +377,10 @@ def _request_step(
     from training import engine, submodel_rounds  # noqa: PLC0415
 
     rnd, device = result.round, result.device
-    down = up = 0
+    down, up = union_down, 0
     recorded = submodel_rounds.recorded_request_path(local_dir)
     if not recorded.exists():
-        down += conn.push_files(  # U and the request config
-            [(local_dir / name, f"{remote_round}/{name}") for name in ("global.safetensors", "config.json")]
-        )
+        down += conn.push(local_dir / "config.json", f"{remote_round}/config.json")  # names U on the phone
         send_job_event(
             result.job_id, "device.progress", round=rnd.number, device=device.pk, state="requesting"
         )

@@ -325,7 +325,14 @@ def _start_round(job_id: int) -> None:
     if submodel_rounds.needs_request(strategy):
         # Submodel jobs: phones get the request payload now and their submodel once their index
         # request is in (client_runner's request step calls configure_client).
-        plan = submodel_rounds.request_plan(strategy, state, chosen_ids, base_agent_config(config))
+        plan = submodel_rounds.request_plan(
+            strategy,
+            state,
+            chosen_ids,
+            base_agent_config(config),
+            union_file=storage.union_path(job.pk),
+            union_on_phone=storage.relative_union_path(job.pk),
+        )
     else:
         plan = strategy.configure(state, round_no, chosen_ids, base_agent_config(config))
     deadline = timezone.now() + timedelta(seconds=config.round_deadline_s)

@@ -41,6 +41,11 @@ def job_dir(job_id: int) -> Path:
     return data_dir() / "jobs" / str(int(job_id))
 
 
+def union_path(job_id: int) -> Path:
+    """A submodel job's union of ids U (`<table>.union`), fixed once the job is prepared."""
+    return job_dir(job_id) / "union.safetensors"
+
+
 def shard_path(job_id: int, client_index: int) -> Path:
     return job_dir(job_id) / "shards" / f"client-{int(client_index)}.safetensors"
 
@@ -117,6 +122,14 @@ def phone_shard_path(work_dir: str, job_id: int) -> str:
 
 def phone_state_dir(work_dir: str, job_id: int) -> str:
     return posixpath.join(work_dir, relative_state_dir(job_id))
+
+
+def relative_union_path(job_id: int) -> str:
+    return posixpath.join(relative_job_dir(job_id), "union.safetensors")
+
+
+def phone_union_path(work_dir: str, job_id: int) -> str:
+    return posixpath.join(work_dir, relative_union_path(job_id))
 
 
 def phone_rounds_dir(work_dir: str, job_id: int) -> str:

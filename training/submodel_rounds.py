@@ -3,9 +3,11 @@
 A strategy with `requires_index_request` cannot configure a phone before it knows which embedding rows
 that phone asks for. So a round of such a job goes (engine.py and client_runner.py call these helpers):
 
-  start_round   every chosen phone gets the *request payload*: global.safetensors = the union U of ids
-                (`<table>.union`), config.json = the job's config with the privacy preset (`request_plan`)
-  run_client    push it, run `agent.pyz request <round dir>` (randomized response over U; the permanent
+  start_round   every chosen phone gets the *request payload*: config.json = the job's config with the
+                privacy preset, naming the union U of ids (`<table>.union`) in the job's union file
+                (`request_plan`; U is fixed for the job, so it is written once and a phone is sent it
+                only when its copy differs, like its data shard)
+  run_client    push them, run `agent.pyz request <round dir>` (randomized response over U; the permanent
                 stage memoised in the job's state dir on the phone), pull request.safetensors, check it
                 (`request_errors`: in U, sorted, unique, no bigger than U — else the phone is rejected
                 with the reason), record it in the server's round dir (`record_request`), then
@@ -50,11 +52,22 @@ def set_union_from_shards(strategy: Any, state: ServerState, shards: Sequence[Da
 
 
 def request_plan(
-    strategy: Any, state: ServerState, client_ids: Sequence[str], base_config: Mapping[str, Any]
+    strategy: Any,
+    state: ServerState,
+    client_ids: Sequence[str],
+    base_config: Mapping[str, Any],
+    *,
+    union_file: Path,
+    union_on_phone: str,
 ) -> list[ClientInstructions]:
-    """What each chosen phone receives first: U and the request config (the same for every phone)."""
+    """What each chosen phone receives first: the request config (the same for every phone), naming U
+    at `union_on_phone` (relative to the phone's work dir). U is written to `union_file` once; its
+    round payload holds no tensors."""
     tensors, config = strategy.request_round_inputs(state, base_config)
-    return [ClientInstructions(client_id=cid, tensors=tensors, config=dict(config)) for cid in client_ids]
+    if not union_file.exists():
+        save_tensors(union_file, dict(tensors))  # atomic; U never changes for a prepared job
+    config = {**config, "union": union_on_phone}
+    return [ClientInstructions(client_id=cid, tensors={}, config=dict(config)) for cid in client_ids]
 
 
 def max_request_bytes(strategy: Any, state: ServerState) -> int:

@@ -187,3 +187,48 @@ def test_json_lines_never_contain_nan():
     out = io.StringIO()
     runner.emit(out, "progress", loss=float("nan"), nested={"x": [float("inf")]})
     assert json.loads(out.getvalue()) == {"event": "progress", "loss": None, "nested": {"x": [None]}}
+
+
+@pytest.fixture
+def ctr_phone(phone):
+    """The phone fixture's work dir with a recsys shard and a FedSubAvg request config; U is written to
+    the job's union file, not to the round dir (the platform sends it once per job)."""
+    from training.fl.ctr_model import CTRSamples
+    from training.fl.datasets import load_dataset
+    from training.fl.nets import model_spec_for
+    from training.fl.partition import natural
+    from training.fl.submodel import index_sets_of, union_of
+
+    splits = load_dataset("recsys", seed=3, num_items=2000, num_clients=2, samples_per_user=40)
+    shards = [splits.train.subset(ix) for ix in natural(splits.train.groups)]
+    wire.save_tensors(phone.work_dir / "jobs/7/shard.safetensors", {"x": shards[0].x, "y": shards[0].y})
+    real = [index_sets_of(CTRSamples.from_xy(s.x, s.y)) for s in shards]
+    union = {table + ".union": ids for table, ids in union_of(real).items()}
+    wire.save_tensors(phone.work_dir / "jobs/7/union.safetensors", union)
+    (phone.round_dir / "global.safetensors").unlink()
+    model = model_spec_for(
+        "ctr", input_shape=splits.feature_shape, num_classes=splits.num_classes, **splits.model_kwargs
+    )
+    phone.write_config(
+        algorithm="fedsubavg", model=model, union="jobs/7/union.safetensors", index_privacy={"name": "none"}
+    )
+    return phone, real[0], union
+
+
+def test_request_reads_the_union_from_the_job_file_the_config_names(ctr_phone):
+    phone, real, _ = ctr_phone
+    rc, lines = run(phone, "request", str(phone.round_dir))
+    assert rc == 0, lines
+    request = wire.load_tensors(phone.round_dir / "request.safetensors", max_bytes=1 << 20)
+    # Preset "none": exactly the phone's own ids, for every table.
+    assert {k: v.tolist() for k, v in request.items()} == {
+        t + ".idx": ids.tolist() for t, ids in real.items()
+    }
+
+
+def test_request_without_a_union_file_names_what_is_missing(ctr_phone):
+    phone, _, _ = ctr_phone
+    (phone.work_dir / "jobs/7/union.safetensors").unlink()
+    rc, lines = run(phone, "request", str(phone.round_dir))
+    assert rc == 1 and "union of ids (union.safetensors)" in lines[-1]["message"]
+    assert not (phone.round_dir / "request.safetensors").exists()

@@ -64,3 +64,12 @@ def test_two_round_fedsubavg_job_on_three_phones(
             # The server kept the phone's request, which its upload was checked against.
             directory = storage.client_round_dir(job.pk, rnd.number, rnd.attempt, result.device_id)
             assert (directory / "request.safetensors").exists()
+    # The union U went to each phone once, with its first request step; later rounds sent only the
+    # request config (a few hundred bytes).
+    union_bytes = storage.union_path(job.pk).stat().st_size
+    by_round = {
+        (r.round.number, r.device_id): r.metrics["request_bytes_down"]
+        for r in ClientResult.objects.filter(job=job, state=ClientState.REPORTED).select_related("round")
+    }
+    for device_id in {device for _, device in by_round}:
+        assert by_round[(1, device_id)] > union_bytes > by_round[(2, device_id)] > 0

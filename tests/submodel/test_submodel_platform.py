@@ -16,6 +16,7 @@ from training.fl.evaluate import evaluate_weights
 from training.fl.fedsubavg import FedSubAvg, fedsubavg_client_request
 from training.fl.nets import initial_weights, model_spec_for, submodel_spec
 from training.fl.strategy import ServerState
+from training.fl.wire import load_tensors
 from training.job_config import JobConfigError, parse_job_config
 
 SUBMODEL_JOB = {
@@ -101,8 +102,13 @@ def test_a_phone_builds_a_model_of_its_submodel_size_not_the_full_one(job_world:
 
 
 def honest_request(strategy: FedSubAvg, state: ServerState, shard: Any, tmp: Path) -> dict[str, torch.Tensor]:
-    (plan,) = submodel_rounds.request_plan(strategy, state, ["7"], {"lr": 0.01})
-    return fedsubavg_client_request(plan.config, plan.tensors, shard.x, shard.y, tmp, seed=3)
+    union_file = tmp / "union.safetensors"
+    (plan,) = submodel_rounds.request_plan(
+        strategy, state, ["7"], {"lr": 0.01}, union_file=union_file, union_on_phone="jobs/1/union.safetensors"
+    )
+    assert plan.tensors == {} and plan.config["union"] == "jobs/1/union.safetensors"
+    union = load_tensors(union_file, max_bytes=union_file.stat().st_size)
+    return fedsubavg_client_request(plan.config, union, shard.x, shard.y, tmp, seed=3)
 
 
 def test_an_honest_request_is_accepted(job_world: Any, tmp_path: Path) -> None:

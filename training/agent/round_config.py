@@ -3,9 +3,11 @@
 A round dir on the phone holds, before training (pushed by the platform):
     config.json          the round config (schema below)
     global.safetensors   the global weights (and any strategy extras, e.g. `scaffold.c.<name>`)
-Submodel jobs (FedSubAvg) first run `request <round dir>`: then global.safetensors holds the union of
-item ids (`<table>.union`) and the agent writes request.safetensors (`<table>.idx`, its randomized index
-request); the platform then replaces global.safetensors and config.json with this phone's submodel.
+Submodel jobs (FedSubAvg) first run `request <round dir>`: the union of item ids (`<table>.union`) is
+read from the file config.json's `union` names (kept in the job's dir on the phone and pushed only when
+it changed), or else from global.safetensors; the agent writes request.safetensors (`<table>.idx`, its
+randomized index request); the platform then replaces config.json with this phone's submodel config and
+global.safetensors with its submodel.
 And after training (written by the agent, pulled by the platform):
     update.safetensors   the upload: the delta y − x under parameter names (+ strategy extras)
     result.json          written last, atomically: its presence means the update is complete
@@ -22,7 +24,8 @@ config.json (unknown keys are allowed: client algorithms read their own, e.g. Fe
     deadline_s   number | null     stop once training has run this long (partial work is reported)
     shard        str, required     safetensors file with `x` (float32, n × input_shape), `y` (int64, n)
     state_dir    str | null        persistent per-client directory (SCAFFOLD's c_i); created if missing
-    work_dir     str | null        base for relative `shard` / `state_dir`; default: the directory that
+    union        str | null        `request` only: safetensors file with the union U (`<table>.union`)
+    work_dir     str | null        base for relative `shard` / `state_dir` / `union`; default: the directory that
                                    holds agent.pyz (the phone's work dir), else the current directory
     progress_every     int = 1     print a progress line every k steps (the last step always prints)
     max_update_bytes   int = 64 MiB   limit for global.safetensors and the update
@@ -64,6 +67,7 @@ class RoundConfig:
     local: LocalTrainingConfig
     shard: Path
     state_dir: Path | None
+    union: Path | None
     progress_every: int
     max_update_bytes: int
     max_shard_bytes: int
@@ -109,6 +113,7 @@ def parse_config(raw: Any, *, default_work_dir: Path) -> RoundConfig:
         local=local,
         shard=_resolve(work_dir, _string(raw, "shard")),
         state_dir=None if raw.get("state_dir") is None else _resolve(work_dir, _string(raw, "state_dir")),
+        union=None if raw.get("union") is None else _resolve(work_dir, _string(raw, "union")),
         progress_every=_positive_int(raw, "progress_every", 1),
         max_update_bytes=_positive_int(raw, "max_update_bytes", DEFAULT_MAX_UPDATE_BYTES),
         max_shard_bytes=_positive_int(raw, "max_shard_bytes", DEFAULT_MAX_SHARD_BYTES),

@@ -213,7 +213,7 @@ def run_train(round_dir: Path, *, stdout: TextIO, environ: Mapping[str, str], de
 
 def run_request(round_dir: Path, *, stdout: TextIO, default_work_dir: Path) -> None:
     """`request <round dir>` (submodel jobs): this phone's index request for the round, randomized over
-    the union in global.safetensors with the job's privacy preset. The permanent stage is memoised in the
+    the union U (the file config.json names, else global.safetensors) with the job's privacy preset. The permanent stage is memoised in the
     job's state dir on the phone, so rounds together never reveal more than it (index_privacy.py)."""
     from training.fl.fedsubavg import fedsubavg_client_request  # noqa: PLC0415 - submodel jobs only
 
@@ -221,10 +221,11 @@ def run_request(round_dir: Path, *, stdout: TextIO, default_work_dir: Path) -> N
         raise AgentError(f"round dir {round_dir} does not exist")
     (round_dir / REQUEST_FILE).unlink(missing_ok=True)
     config = read_config(round_dir, default_work_dir=default_work_dir)
+    union_file = config.union if config.union is not None else round_dir / GLOBAL_FILE
     try:
-        received = load_tensors(round_dir / GLOBAL_FILE, max_bytes=config.max_update_bytes)
+        received = load_tensors(union_file, max_bytes=config.max_update_bytes)
     except InvalidUpdate as exc:
-        raise AgentError(f"union of ids: {exc.reason}") from None
+        raise AgentError(f"union of ids ({union_file.name}): {exc.reason}") from None
     x, y = load_shard(config)
     if config.state_dir is not None:
         config.state_dir.mkdir(parents=True, exist_ok=True)
