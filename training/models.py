@@ -79,6 +79,21 @@ class Job(models.Model):
     def progress_percent(self) -> int:
         return int(100 * self.committed_rounds / max(self.rounds_total, 1))
 
+    @property
+    def headline(self) -> dict[str, Any]:
+        """The one figure a job's header and list show: test accuracy, except for click-through-rate
+        models, whose accuracy says little (most samples are no-clicks) and AUC is what counts."""
+        if self.model_name == "ctr":
+            last = (
+                self.rounds.filter(status=RoundStatus.COMMITTED, number=self.committed_rounds)
+                .values_list("metrics", flat=True)
+                .first()
+            )
+            auc = last.get("auc") if isinstance(last, dict) else None
+            return {"label": "AUC", "value": auc, "text": "–" if auc is None else f"{auc:.3f}"}
+        value = self.last_accuracy
+        return {"label": "accuracy", "value": value, "text": "–" if value is None else f"{value * 100:.1f}%"}
+
 
 class Participant(models.Model):
     """A phone taking part in a job, with the data shard it holds (pushed once per job)."""

@@ -54,6 +54,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "clients_per_round": job.clients_per_round,
         "last_accuracy": job.last_accuracy,
         "last_loss": job.last_loss,
+        "headline": job.headline,
         "error": job.error,
         "config": job.config,
         "owner": job.owner.get_username(),
@@ -144,7 +145,8 @@ def pause_for_operator(job: Job, why: str) -> None:
 
 def complete_job(job: Job) -> None:
     if _set_status(job, JobStatus.COMPLETED, allowed_from=(JobStatus.RUNNING,), finished_at=timezone.now()):
-        log(job.pk, f"completed {job.committed_rounds} rounds; final accuracy {job.last_accuracy or 0:.3f}")
+        headline = job.headline
+        log(job.pk, f"completed {job.committed_rounds} rounds; final {headline['label']} {headline['text']}")
 
 
 def fail_job(job: Job, error: str) -> None:

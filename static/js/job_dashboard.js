@@ -36,7 +36,6 @@ function setIndicator(state, text) {
   indicator.querySelector(".label").textContent = text;
 }
 
-const percent = (value) => (value === null || value === undefined ? "–" : `${(value * 100).toFixed(1)}%`);
 const number = (value, digits = 3) => (value === null || value === undefined ? "–" : Number(value).toFixed(digits));
 const capitalise = (text) => text.charAt(0).toUpperCase() + text.slice(1);
 
@@ -52,7 +51,8 @@ function renderJob(job) {
   bar.classList.toggle("done", done >= job.rounds_total);
   bar.setAttribute("aria-valuenow", String(done));
   document.getElementById("round-progress-label").textContent = `${done} / ${job.rounds_total} rounds committed`;
-  document.getElementById("last-accuracy").textContent = percent(job.last_accuracy);
+  document.getElementById("headline-label").textContent = job.headline.label;
+  document.getElementById("last-accuracy").textContent = job.headline.text;
   const error = document.getElementById("job-error");
   error.textContent = job.error || "";
   error.hidden = !job.error;

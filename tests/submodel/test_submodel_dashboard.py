@@ -94,12 +94,20 @@ def test_the_job_page_and_snapshot_show_the_submodel_section(client: Any) -> Non
 
     page = client.get(reverse("training:job-detail", args=[job.pk])).content.decode()
     assert 'data-testid="submodel-section"' in page and "secure aggregation" in page and "2.019" in page
+    # A CTR job's headline is its AUC (accuracy says little when most samples are no-clicks).
+    assert (
+        '<span id="headline-label">AUC</span> <strong id="last-accuracy" data-testid="headline">0.620</strong>'
+        in page
+    )
+    other_page = client.get(reverse("training:job-detail", args=[other.pk])).content.decode()
+    assert '<span id="headline-label">accuracy</span>' in other_page
     assert (
         'data-testid="submodel-section"'
         not in client.get(reverse("training:job-detail", args=[other.pk])).content.decode()
     )
     snapshot = client.get(reverse("training:job-snapshot", args=[job.pk])).json()
     assert {"submodel_bytes", "submodel_phone_bytes", "submodel_auc"} <= set(snapshot["figures"])
+    assert snapshot["job"]["headline"] == {"label": "AUC", "value": pytest.approx(0.62), "text": "0.620"}
     summary = snapshot["submodel"]
     assert summary["download_reduction"] == pytest.approx(100.0)
     assert summary["submodel_download_reduction"] == pytest.approx(FULL / 60_000)
