@@ -188,6 +188,11 @@ def remote_sha256(
     return hashes
 
 
+def _names_union(config_path: Path) -> bool:
+    """Does this round's request config (our own file) name a union file for the phone to read?"""
+    return "union" in json.loads(config_path.read_text())
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file that is written once and never changed in place (a job's union of ids)."""
     info = path.stat()
@@ -276,13 +281,12 @@ def _run(result: ClientResult) -> None:
         pushed += push_if_changed(conn, local_shard, remote_shard, participant.shard_sha256, current)
         request: RequestStep | None = None
         if submodel:  # the phone's index request decides what it downloads
-            union_down = push_if_changed(
-                conn,
-                storage.union_path(job.pk),
-                remote_union,
-                file_sha256(storage.union_path(job.pk)),
-                current,
-            )
+            union_down = 0
+            if _names_union(local_dir / "config.json"):  # the preset draws decoys from U
+                local_union = storage.union_path(job.pk)
+                union_down = push_if_changed(
+                    conn, local_union, remote_union, file_sha256(local_union), current
+                )
             request = _request_step(
                 conn, result, participant, local_dir, remote_round, remote_agent, remaining, union_down
             )

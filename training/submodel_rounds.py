@@ -32,6 +32,7 @@ import torch
 from training.agent.round_config import REQUEST_FILE
 from training.fl.ctr_model import CTRSamples
 from training.fl.datasets import Dataset
+from training.fl.index_privacy import PrivacyPreset
 from training.fl.strategy import ClientInstructions, ServerState, Strategy
 from training.fl.submodel import IDX, index_sets_of, union_of
 from training.fl.wire import load_tensors, save_tensors
@@ -61,12 +62,13 @@ def request_plan(
     union_on_phone: str,
 ) -> list[ClientInstructions]:
     """What each chosen phone receives first: the request config (the same for every phone), naming U
-    at `union_on_phone` (relative to the phone's work dir). U is written to `union_file` once; its
-    round payload holds no tensors."""
+    at `union_on_phone` (relative to the phone's work dir) when the privacy preset draws decoys from
+    it. U is written to `union_file` once; the round payload itself holds no tensors."""
     tensors, config = strategy.request_round_inputs(state, base_config)
-    if not union_file.exists():
-        save_tensors(union_file, dict(tensors))  # atomic; U never changes for a prepared job
-    config = {**config, "union": union_on_phone}
+    if PrivacyPreset.from_json(config["index_privacy"]).adds_decoys:
+        if not union_file.exists():
+            save_tensors(union_file, dict(tensors))  # atomic; U never changes for a prepared job
+        config = {**config, "union": union_on_phone}
     return [ClientInstructions(client_id=cid, tensors={}, config=dict(config)) for cid in client_ids]
 
 

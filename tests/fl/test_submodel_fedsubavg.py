@@ -168,6 +168,22 @@ def test_request_step_on_the_phone_memoises_and_is_accepted_by_the_server(data, 
     assert int(hidden.sum()) > 0 and int(decoys.sum()) > 0  # some real ids withheld, some decoys added
 
 
+def test_without_decoys_the_phone_needs_no_union(data, tmp_path: Path) -> None:
+    x, y = data.clients[0].to_xy()
+    real = index_sets_of(data.clients[0])
+    strategy = FedSubAvg(privacy="none")
+    state = _server(data, strategy)
+    _, config = strategy.request_round_inputs(state, BASE)
+    upload = fedsubavg_client_request(config, {}, x, y, tmp_path / "none", seed=3)
+    assert {k: v.tolist() for k, v in upload.items()} == {t + ".idx": ids.tolist() for t, ids in real.items()}
+    assert strategy.parse_request(state, upload)  # still checked against U on the server
+    # With decoys, U is what they are drawn from: the phone cannot do without it.
+    strategy = FedSubAvg(privacy="default")
+    _, config = strategy.request_round_inputs(_server(data, strategy), BASE)
+    with pytest.raises(ValueError, match="emb.item.union"):
+        fedsubavg_client_request(config, {}, x, y, tmp_path / "default", seed=3)
+
+
 def test_uploads_are_validated_against_the_clients_request(data) -> None:
     strategy = FedSubAvg(privacy="none")
     state = _server(data, strategy)

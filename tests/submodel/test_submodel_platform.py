@@ -111,6 +111,20 @@ def honest_request(strategy: FedSubAvg, state: ServerState, shard: Any, tmp: Pat
     return fedsubavg_client_request(plan.config, union, shard.x, shard.y, tmp, seed=3)
 
 
+def test_the_request_payload_names_the_union_only_when_the_preset_draws_decoys(
+    job_world: Any, tmp_path: Path
+) -> None:
+    _, _, _, extra = job_world
+    strategy = FedSubAvg(privacy="none")
+    state = strategy.initial_state(initial_weights(extra["spec"], seed=1))
+    submodel_rounds.set_union_from_shards(strategy, state, job_world[2])
+    union_file = tmp_path / "union.safetensors"
+    (plan,) = submodel_rounds.request_plan(
+        strategy, state, ["7"], {"lr": 0.01}, union_file=union_file, union_on_phone="jobs/1/union.safetensors"
+    )
+    assert "union" not in plan.config and not union_file.exists()
+
+
 def test_an_honest_request_is_accepted(job_world: Any, tmp_path: Path) -> None:
     strategy, state, shards, _ = job_world
     assert (

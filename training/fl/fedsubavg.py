@@ -410,13 +410,18 @@ def fedsubavg_client_request(
     raw_preset = config.get("index_privacy", {"name": "default"})
     if not isinstance(raw_preset, Mapping) or not isinstance(tables, list):
         raise ValueError("config needs an index_privacy object and a tables list")
+    privacy = PrivacyPreset.from_json(raw_preset)
+    real = index_sets_of(CTRSamples.from_xy(x, y))
     union = {}
     for table in tables:
         ids = received.get(table + UNION)
+        if ids is None and not privacy.adds_decoys:
+            # Without decoys a request only keeps or drops the phone's own ids, so the platform does not
+            # send U; drawing over the own ids gives the same request distribution.
+            ids = real[table]
         if ids is None or ids.dtype != torch.int64 or ids.dim() != 1:
             raise ValueError(f"request step needs {table}{UNION} as a 1-D int64 tensor")
         union[table] = ids
-    real = index_sets_of(CTRSamples.from_xy(x, y))
-    client = IndexPrivacyClient(PrivacyPreset.from_json(raw_preset), state_dir=state_dir, seed=seed)
+    client = IndexPrivacyClient(privacy, state_dir=state_dir, seed=seed)
     request = client.request({t: real[t] for t in tables}, union)
     return {t + IDX: ids for t, ids in request.items()}

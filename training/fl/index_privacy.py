@@ -74,6 +74,12 @@ class PrivacyPreset:
     def to_json(self) -> dict[str, float | str]:
         return {"name": self.name, "p1": self.p1, "p2": self.p2, "p3": self.p3, "p4": self.p4}
 
+    @property
+    def adds_decoys(self) -> bool:
+        """Can a request hold ids the phone does not have? Only then does the phone need the union U
+        (decoys are drawn from it); otherwise its request is a subset of its own ids."""
+        return self.p2 > 0.0 or self.p4 > 0.0
+
     @classmethod
     def from_json(cls, raw: Mapping[str, object]) -> PrivacyPreset:
         if set(raw) <= {"name"}:
