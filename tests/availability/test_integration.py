@@ -97,29 +97,21 @@ def test_virtual_lab_command_runs_a_held_alternating_scenario(tmp_path: Path) ->
         process.send_signal(signal.SIGUSR1)
         read_until(process, "SCENARIO STARTED")
 
-        def second_phone_gone() -> bool:
+        def answers(target: adb.Target) -> bool:
             try:
-                with adb.connect(second, identity=identity, timeout_s=2):
-                    return False
-            except adb.AdbError:
-                return True
-
-        wait_until(second_phone_gone, timeout_s=20, what="group 2 to go offline")
-        process.send_signal(signal.SIGUSR2)  # next turn on demand: group 2 back, group 1 gone
-        read_until(process, "SCENARIO ADVANCED")
-        wait_until(lambda: not second_phone_gone(), timeout_s=20, what="group 2 to come back")
-        process.send_signal(signal.SIGUSR2)
-        read_until(process, "SCENARIO ADVANCED")  # printed when the turn is asked for, not yet applied
-        first = adb.Target("tcp", f"127.0.0.1:{base}")
-
-        def first_phone_back() -> bool:
-            try:
-                with adb.connect(first, identity=identity, timeout_s=2):
+                with adb.connect(target, identity=identity, timeout_s=2):
                     return True
             except adb.AdbError:
                 return False
 
-        wait_until(first_phone_back, timeout_s=20, what="group 1 to come back")
+        wait_until(lambda: not answers(second), timeout_s=20, what="group 2 to go offline")
+        process.send_signal(signal.SIGUSR2)  # next turn on demand: group 2 back, group 1 gone
+        read_until(process, "SCENARIO ADVANCED")
+        wait_until(lambda: answers(second), timeout_s=20, what="group 2 to come back")
+        process.send_signal(signal.SIGUSR2)
+        read_until(process, "SCENARIO ADVANCED")  # printed when the turn is asked for, not yet applied
+        first = adb.Target("tcp", f"127.0.0.1:{base}")
+        wait_until(lambda: answers(first), timeout_s=20, what="group 1 to come back")
         with adb.connect(first, identity=identity, timeout_s=20) as phone:
             assert phone.run("getprop fedfleet.availability").startswith("alternating: group 1 of 2")
         process.send_signal(signal.SIGTERM)

@@ -4,27 +4,17 @@ online on an already-open fleet page (no reload). Saves test-artifacts/fleet.png
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from accounts.roles import OPERATORS
-from tests.conftest import REPO, make_user
+from tests.browser_support import browser, log_in, save_screenshot  # noqa: F401 - browser is a fixture
+from tests.conftest import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 LIVE_TIMEOUT_MS = 45_000
-ARTIFACTS = REPO / "test-artifacts"
 
 
 @pytest.fixture
@@ -34,22 +24,12 @@ def browser_operator(transactional_db: None) -> Any:
     return make_user("browser-op", OPERATORS, password="browser-pass-1", for_subprocess=True)
 
 
-@pytest.fixture
-def browser() -> Any:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
 def test_register_a_phone_and_watch_it_come_online(
-    browser_operator: Any, daphne_server: str, celery_devices_worker: Any, virtual_phones: Any, browser: Any
+    browser_operator: Any,
+    daphne_server: str,
+    celery_devices_worker: Any,
+    virtual_phones: Any,
+    browser: Any,  # noqa: F811
 ) -> None:
     from playwright.sync_api import expect
 
@@ -59,11 +39,7 @@ def test_register_a_phone_and_watch_it_come_online(
     fleet = context.new_page()
     fleet.set_default_timeout(LIVE_TIMEOUT_MS)
     fleet.goto("/devices/")
-    expect(fleet).to_have_url(re.compile(r"/accounts/login/"))
-    fleet.fill("#id_username", "browser-op")
-    fleet.fill("#id_password", "browser-pass-1")
-    fleet.click("button[type=submit]")
-    expect(fleet).to_have_url(re.compile(r"/devices/$"))
+    log_in(fleet, "browser-op", "browser-pass-1", then_at=r"/devices/$")
     expect(fleet.locator("#live-indicator")).to_have_class(re.compile(r"\bconnected\b"))
     expect(fleet.locator("#fleet-table")).to_contain_text("No phones")
     fleet.evaluate("window.__sameDocument = true")  # gone if the page were reloaded
@@ -81,8 +57,7 @@ def test_register_a_phone_and_watch_it_come_online(
     form.click("#test-connection")
     expect(form.locator("#test-result")).to_have_attribute("data-result", "online")
     expect(form.locator("#test-result")).to_contain_text(phone.model)
-    ARTIFACTS.mkdir(exist_ok=True)
-    form.screenshot(path=str(ARTIFACTS / "register.png"), full_page=True)
+    save_screenshot(form, "register.png")
     form.click("#device-form button[type=submit]")
     expect(form).to_have_url(re.compile(r"/devices/\d+/$"))
 
@@ -93,8 +68,8 @@ def test_register_a_phone_and_watch_it_come_online(
     expect(fleet.locator('[data-count="online"]')).to_have_text("1")
     assert fleet.evaluate("window.__sameDocument") is True
 
-    fleet.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
+    save_screenshot(fleet, "fleet.png")
     form.goto(form.url)  # the device page draws its Plotly charts from the local plotly.js
     expect(form.locator("#availability-chart .main-svg").first).to_be_visible()
-    form.screenshot(path=str(ARTIFACTS / "device.png"), full_page=True)
+    save_screenshot(form, "device.png")
     context.close()

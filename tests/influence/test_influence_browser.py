@@ -4,15 +4,14 @@ test-artifacts/influence_dashboard.png."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 import torch
 
 from accounts.roles import OPERATORS
-from tests.conftest import REPO, make_user
-from tests.devices.test_browser import browser  # noqa: F401 - the chromium fixture, shared
+from tests.browser_support import ARTIFACTS, browser, log_in, save_screenshot  # noqa: F401
+from tests.conftest import make_user
 from training import tasks
 from training.analysis import loo
 from training.analysis.influence import analyse_job
@@ -22,7 +21,6 @@ from .recorded_job import record_rounds, tiny_job
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-ARTIFACTS = REPO / "test-artifacts"
 TIMEOUT_MS = 60_000
 
 
@@ -54,10 +52,7 @@ def test_influence_section_and_excluding_the_harmful_phone(
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"/jobs/{job.pk}/")
-    page.fill("#id_username", "influence-op")
-    page.fill("#id_password", "influence-pass-1")
-    page.click("button[type=submit]")
-    expect(page).to_have_url(re.compile(rf"/jobs/{job.pk}/$"))
+    log_in(page, "influence-op", "influence-pass-1", then_at=rf"/jobs/{job.pk}/$")
 
     rows = page.locator("#influence-ranking tr")
     expect(rows).to_have_count(4, timeout=TIMEOUT_MS)  # Daphne's first snapshot loads the data set
@@ -69,8 +64,7 @@ def test_influence_section_and_excluding_the_harmful_phone(
     expect(page.locator("#analysis-runs li").first).to_contain_text("Pearson r")
     expect(rows.first.locator("td").nth(7)).not_to_have_text("–")  # the exact value beside the estimate
     page.wait_for_function("document.getElementById('chart-loo_scatter').data?.[0]?.x?.length === 4")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "influence_dashboard.png"), full_page=True)
+    save_screenshot(page, "influence_dashboard.png")
 
     page.once("dialog", lambda dialog: dialog.accept())
     rows.first.locator("button", has_text="Exclude").click()

@@ -11,17 +11,13 @@ from typing import Any
 import pytest
 
 from accounts.roles import OPERATORS
-from devices import tasks as device_tasks
-from devices.models import DeviceStatus
-from devices.services import register_or_update_device
-from tests.conftest import REPO, make_user
-from tests.devices.test_browser import browser  # noqa: F401, F811 - the chromium fixture, shared
+from tests.browser_support import browser, log_in, register_online_phones, save_screenshot  # noqa: F401
+from tests.conftest import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
 # Each phone runs the agent twice a round (request, then train) on a shared 2-core machine.
 LIVE_TIMEOUT_MS = 240_000
-ARTIFACTS = REPO / "test-artifacts"
 AUC_POINTS = "document.getElementById('chart-submodel_auc').data?.[0]?.x?.length ?? 0"
 BYTES_TRACES = "document.getElementById('chart-submodel_bytes').data?.length ?? 0"
 
@@ -30,12 +26,7 @@ BYTES_TRACES = "document.getElementById('chart-submodel_bytes').data?.length ?? 
 def lab_ready(transactional_db: None, virtual_phones: Any) -> Any:
     """An operator and three online phones tagged `browser-sub` (set up before the browser starts:
     Playwright's sync API runs an event loop in this thread, where Django refuses ORM calls)."""
-    lab = virtual_phones(3, seed=53)
-    for index, phone in enumerate(lab.phones):
-        device = register_or_update_device(
-            name=f"bs-{index}", transport="tcp", address=phone.address, tags=["browser-sub"]
-        )
-        assert device_tasks.probe_device(device.pk) == DeviceStatus.ONLINE
+    register_online_phones(virtual_phones(3, seed=53), prefix="bs", tag="browser-sub")
     return make_user("sub-op", OPERATORS, password="sub-pass-1", for_subprocess=True)
 
 
@@ -50,11 +41,8 @@ def test_launch_a_submodel_job_and_watch_its_section(
     context = browser.new_context(base_url=daphne_server, viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(LIVE_TIMEOUT_MS)
-    page.goto("/accounts/login/?next=/jobs/new/")
-    page.fill("#id_username", "sub-op")
-    page.fill("#id_password", "sub-pass-1")
-    page.click("button[type=submit]")
-    expect(page).to_have_url(re.compile(r"/jobs/new/$"))
+    page.goto("/jobs/new/")
+    log_in(page, "sub-op", "sub-pass-1", then_at=r"/jobs/new/$")
 
     page.fill("#id_name", "browser submodel job")
     page.select_option("#id_dataset", "recsys")
@@ -94,7 +82,5 @@ def test_launch_a_submodel_job_and_watch_its_section(
     auc = page.evaluate("document.getElementById('chart-submodel_auc').data[0].y.at(-1)")
     assert 0.0 <= auc <= 1.0
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    section.scroll_into_view_if_needed()
-    page.screenshot(path=str(ARTIFACTS / "submodel_dashboard.png"), full_page=True)
+    save_screenshot(page, "submodel_dashboard.png")
     context.close()

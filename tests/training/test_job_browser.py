@@ -9,16 +9,12 @@ from typing import Any
 import pytest
 
 from accounts.roles import OPERATORS
-from devices import tasks as device_tasks
-from devices.models import DeviceStatus
-from devices.services import register_or_update_device
-from tests.conftest import REPO, make_user
-from tests.devices.test_browser import browser  # noqa: F401, F811 - the chromium fixture, shared
+from tests.browser_support import browser, log_in, register_online_phones, save_screenshot  # noqa: F401
+from tests.conftest import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 LIVE_TIMEOUT_MS = 120_000
-ARTIFACTS = REPO / "test-artifacts"
 CHART_POINTS = "document.getElementById('chart-accuracy_loss').data?.[0]?.x?.length ?? 0"
 
 
@@ -26,12 +22,7 @@ CHART_POINTS = "document.getElementById('chart-accuracy_loss').data?.[0]?.x?.len
 def lab_ready(transactional_db: None, virtual_phones: Any) -> Any:
     """An operator and four online phones tagged `browser-job`, set up before the browser starts
     (Playwright's sync API runs an event loop in this thread, where Django refuses ORM calls)."""
-    lab = virtual_phones(4, seed=51)
-    for index, phone in enumerate(lab.phones):
-        device = register_or_update_device(
-            name=f"bj-{index}", transport="tcp", address=phone.address, tags=["browser-job"]
-        )
-        assert device_tasks.probe_device(device.pk) == DeviceStatus.ONLINE
+    register_online_phones(virtual_phones(4, seed=51), prefix="bj", tag="browser-job")
     return make_user("job-op", OPERATORS, password="job-pass-1", for_subprocess=True)
 
 
@@ -47,11 +38,7 @@ def test_launch_a_job_and_watch_accuracy_grow(
     page = context.new_page()
     page.set_default_timeout(LIVE_TIMEOUT_MS)
     page.goto("/jobs/new/")
-    expect(page).to_have_url(re.compile(r"/accounts/login/"))
-    page.fill("#id_username", "job-op")
-    page.fill("#id_password", "job-pass-1")
-    page.click("button[type=submit]")
-    expect(page).to_have_url(re.compile(r"/jobs/new/$"))
+    log_in(page, "job-op", "job-pass-1", then_at=r"/jobs/new/$")
 
     page.fill("#id_name", "browser job")
     page.fill("#id_rounds", "0")
@@ -77,6 +64,5 @@ def test_launch_a_job_and_watch_accuracy_grow(
     accuracy = page.evaluate("document.getElementById('chart-accuracy_loss').data[0].y.at(-1)")
     assert accuracy > 0.6
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "job_dashboard.png"), full_page=True)
+    save_screenshot(page, "job_dashboard.png")
     context.close()
