@@ -232,3 +232,18 @@ def test_request_without_a_union_file_names_what_is_missing(ctr_phone):
     rc, lines = run(phone, "request", str(phone.round_dir))
     assert rc == 1 and "union of ids (union.safetensors)" in lines[-1]["message"]
     assert not (phone.round_dir / "request.safetensors").exists()
+
+
+def test_request_without_decoys_needs_no_union_at_all(ctr_phone):
+    phone, real, _ = ctr_phone
+    del phone.config["union"]
+    phone.write_config()  # preset "none", no union file named, no global.safetensors in the round dir
+    rc, lines = run(phone, "request", str(phone.round_dir))
+    assert rc == 0, lines
+    request = wire.load_tensors(phone.round_dir / "request.safetensors", max_bytes=1 << 20)
+    assert {k: v.tolist() for k, v in request.items()} == {
+        t + ".idx": ids.tolist() for t, ids in real.items()
+    }
+    phone.write_config(index_privacy={"name": "default"})  # decoys need U: a clear error, not a guess
+    rc, lines = run(phone, "request", str(phone.round_dir))
+    assert rc == 1 and "emb.item.union" in lines[-1]["message"]

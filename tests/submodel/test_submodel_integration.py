@@ -20,19 +20,20 @@ DEADLINE_S = 150
 JOB_TIMEOUT_S = 420.0
 
 
+@pytest.mark.parametrize("privacy", ["default", "none"])
 def test_two_round_fedsubavg_job_on_three_phones(
-    celery_worker: dict[str, ManagedProcess], virtual_phones: Callable[..., VirtualLab]
+    celery_worker: dict[str, ManagedProcess], virtual_phones: Callable[..., VirtualLab], privacy: str
 ) -> None:
-    register(virtual_phones(3, seed=71), "subm")
+    register(virtual_phones(3, seed=71), f"subm-{privacy}")
     job = launch(
-        "subm",
+        f"subm-{privacy}",
         rounds=2,
         dataset="recsys",
         dataset_params={"num_items": 20_000, "num_clients": 3, "samples_per_user": 100},
         partition="natural",
         model="ctr",
         algorithm="fedsubavg",
-        algorithm_params={"privacy": "default"},
+        algorithm_params={"privacy": privacy},
         lr=0.002,
         batch_size=32,
         round_deadline_s=DEADLINE_S,
@@ -64,6 +65,9 @@ def test_two_round_fedsubavg_job_on_three_phones(
             # The server kept the phone's request, which its upload was checked against.
             directory = storage.client_round_dir(job.pk, rnd.number, rnd.attempt, result.device_id)
             assert (directory / "request.safetensors").exists()
+    if privacy == "none":  # no decoys to draw: U is never written nor sent
+        assert not storage.union_path(job.pk).exists()
+        return
     # The union U went to each phone once, with its first request step; later rounds sent only the
     # request config (a few hundred bytes).
     union_bytes = storage.union_path(job.pk).stat().st_size

@@ -222,10 +222,14 @@ def run_request(round_dir: Path, *, stdout: TextIO, default_work_dir: Path) -> N
     (round_dir / REQUEST_FILE).unlink(missing_ok=True)
     config = read_config(round_dir, default_work_dir=default_work_dir)
     union_file = config.union if config.union is not None else round_dir / GLOBAL_FILE
-    try:
-        received = load_tensors(union_file, max_bytes=config.max_update_bytes)
-    except InvalidUpdate as exc:
-        raise AgentError(f"union of ids ({union_file.name}): {exc.reason}") from None
+    received: dict[str, torch.Tensor] = {}
+    if config.union is not None or union_file.exists():
+        # No union named and none in the round dir: a preset without decoys, which does not need one
+        # (fedsubavg_client_request says so if it does).
+        try:
+            received = load_tensors(union_file, max_bytes=config.max_update_bytes)
+        except InvalidUpdate as exc:
+            raise AgentError(f"union of ids ({union_file.name}): {exc.reason}") from None
     x, y = load_shard(config)
     if config.state_dir is not None:
         config.state_dir.mkdir(parents=True, exist_ok=True)
