@@ -124,3 +124,17 @@ def test_watchdog_redrives_rounds_past_their_deadline(operator: Any, no_broker: 
     engine.watchdog()
     assert ("close_round", (rnd.pk,)) in no_broker
     assert ("start_round", (idle.pk,)) in no_broker
+
+
+def test_training_pool_processes_import_the_data_set_libraries_when_they_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery.signals import worker_process_init
+
+    from training import tasks
+
+    imported: list[str] = []
+    monkeypatch.setattr(tasks.importlib, "import_module", imported.append)
+    responses = worker_process_init.send(sender=None)
+    assert tasks.warm_up_pool_process in [receiver for receiver, _ in responses]
+    assert imported == list(tasks.POOL_WARM_IMPORTS)
