@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from devices import adb
 from devices import services as device_services
-from devices.models import DeviceStatus
+from devices.models import Device, DeviceStatus
 from devices.validators import agent_python_command
 from training import storage
 from training.agent.build import AgentBuild, build_agent_pyz
@@ -479,3 +479,26 @@ def _accept(
         metrics=metrics,
         reported_at=timezone.now(),
     )
+
+
+# --------------------------------------------------------------- after a job: the phone's copy of it
+
+
+def clean_phone(job_id: int, device_id: int) -> bool:
+    """Remove a finished job's files from one phone: its shard, its state (SCAFFOLD's c_i, the index
+    privacy memo), its union and its last round dir; the agent stays, other jobs share it. True when the
+    phone answered. A phone that does not answer keeps the files (nothing else reads them) until an
+    operator clears its work dir; the job log says so."""
+    from training import services  # noqa: PLC0415 - services imports tasks, which import this module
+
+    device = Device.objects.get(pk=device_id)
+    job_dir = storage.phone_job_dir(device.work_dir, job_id)
+    try:
+        with adb.connect(
+            adb.Target(transport=device.transport, address=device.address), timeout_s=10
+        ) as conn:
+            conn.run(f"rm -rf {shlex.quote(job_dir)}", timeout_s=60)
+    except adb.AdbError as exc:
+        services.log(job_id, f"could not remove the job's files from {device.name} ({job_dir}): {exc}")
+        return False
+    return True

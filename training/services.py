@@ -121,6 +121,8 @@ def resume_job(job: Job, by: AbstractBaseUser) -> None:
 
 
 def cancel_job(job: Job, by: AbstractBaseUser) -> None:
+    from training import tasks  # noqa: PLC0415
+
     with transaction.atomic():
         active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
         if not _set_status(job, JobStatus.CANCELLED, allowed_from=active, finished_at=timezone.now()):
@@ -135,6 +137,7 @@ def cancel_job(job: Job, by: AbstractBaseUser) -> None:
             status=RoundStatus.ABANDONED, finished_at=timezone.now(), reason="the job was cancelled"
         )
         leases.release_job(job.pk)
+        tasks.dispatch_phone_cleanup(job.pk)
 
 
 def pause_for_operator(job: Job, why: str) -> None:
@@ -144,17 +147,23 @@ def pause_for_operator(job: Job, why: str) -> None:
 
 
 def complete_job(job: Job) -> None:
+    from training import tasks  # noqa: PLC0415
+
     if _set_status(job, JobStatus.COMPLETED, allowed_from=(JobStatus.RUNNING,), finished_at=timezone.now()):
         headline = job.headline
         log(job.pk, f"completed {job.committed_rounds} rounds; final {headline['label']} {headline['text']}")
+        tasks.dispatch_phone_cleanup(job.pk)
 
 
 def fail_job(job: Job, error: str) -> None:
+    from training import tasks  # noqa: PLC0415
+
     active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
     if _set_status(
         job, JobStatus.FAILED, allowed_from=active, finished_at=timezone.now(), error=error[:2000]
     ):
         log(job.pk, f"failed: {error}", level=LogLevel.ERROR)
+        tasks.dispatch_phone_cleanup(job.pk)
 
 
 # --- excluding phones (client influence, ALGORITHMS.md §5) -------------------------------------------

@@ -15,7 +15,7 @@ from celery.signals import worker_process_init
 
 from config.celery import device_queue
 from training import client_runner, engine
-from training.models import ClientResult, Round
+from training.models import ClientResult, Participant, Round
 
 # A phone's training run is bounded by the round deadline (≤ 24 h by validation); the hard limit only
 # catches a wedged worker thread.
@@ -39,6 +39,11 @@ def start_round(job_id: int) -> None:
 )
 def run_client(result_id: int) -> None:
     client_runner.run_client(result_id)
+
+
+@shared_task(name="training.tasks.clean_phone")
+def clean_phone(job_id: int, device_id: int) -> None:
+    client_runner.clean_phone(job_id, device_id)
 
 
 @shared_task(name="training.tasks.close_round")
@@ -93,6 +98,15 @@ def warm_up_pool_process(**_: object) -> None:
 def dispatch_client(result: ClientResult) -> None:
     """Send one phone's round work to its host's queue once the current transaction commits."""
     run_client.apply_async_on_commit((result.pk,), queue=device_queue(result.device.worker_queue))
+
+
+def dispatch_phone_cleanup(job_id: int) -> None:
+    """After the current transaction commits, clear the finished job's files from each of its phones
+    (on the phone's own devices queue, like its rounds)."""
+    for participant in Participant.objects.filter(job_id=job_id).select_related("device"):
+        clean_phone.apply_async_on_commit(
+            (job_id, participant.device_id), queue=device_queue(participant.device.worker_queue)
+        )
 
 
 def maybe_close_round(round_id: int) -> None:

@@ -112,6 +112,23 @@ def test_three_round_fedavg_job_on_four_phones(
         assert rnd.wall_s > 0 and rnd.train_s > 0
     # Leases are released: every phone is free again.
     assert not Device.objects.filter(lease_job_id=job.pk).exists()
+    # ...and holds nothing of the finished job any more (shard, state, last round dir); the agent stays.
+    devices = list(Device.objects.filter(participations__job=job))
+
+    def job_files_left() -> list[str]:
+        left = []
+        for device in devices:
+            with adb.connect(adb.Target("tcp", device.address)) as phone:
+                job_dir = storage.phone_job_dir(device.work_dir, job.pk)
+                if phone.stat(job_dir) is not None:
+                    left.append(device.name)
+                # The parent of the job dir is still there (so job_dir named the right place), and so is
+                # the agent.
+                assert phone.stat(job_dir.rsplit("/", 1)[0]) is not None
+                assert phone.stat(storage.phone_agent_path(device.work_dir)) is not None
+        return left
+
+    wait_until(lambda: not job_files_left(), timeout_s=30, what="the job's files to leave the phones")
 
 
 def test_phone_dropping_mid_round_is_recorded_and_the_round_commits(

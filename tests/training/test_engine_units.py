@@ -138,3 +138,35 @@ def test_training_pool_processes_import_the_data_set_libraries_when_they_start(
     responses = worker_process_init.send(sender=None)
     assert tasks.warm_up_pool_process in [receiver for receiver, _ in responses]
     assert imported == list(tasks.POOL_WARM_IMPORTS)
+
+
+@pytest.mark.django_db
+def test_a_finished_job_clears_its_files_from_each_of_its_phones(
+    operator: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from training import services, tasks
+
+    job = make_job(operator)
+    phones = [make_device("clean-a"), make_device("clean-b", worker_queue="devices.lab-2")]
+    for index, phone in enumerate(phones):
+        Participant.objects.create(job=job, device=phone, client_index=index, num_samples=5, shard_sha256="0")
+    sent: list[tuple[tuple[int, int], str]] = []
+    monkeypatch.setattr(
+        tasks.clean_phone, "apply_async", lambda args, queue: sent.append((tuple(args), queue))
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        services.complete_job(job)
+    assert sorted(sent) == [((job.pk, phones[0].pk), "devices"), ((job.pk, phones[1].pk), "devices.lab-2")]
+
+
+@pytest.mark.django_db
+def test_a_phone_that_does_not_answer_keeps_the_files_and_the_job_log_says_so(operator: Any) -> None:  # noqa: F811
+    from training import client_runner
+
+    job = make_job(operator, status=JobStatus.COMPLETED)
+    phone = make_device("gone-phone")  # nothing listens on its port
+    assert client_runner.clean_phone(job.pk, phone.pk) is False
+    entry = job.log_entries.get()
+    assert "could not remove the job's files from gone-phone" in entry.message
