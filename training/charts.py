@@ -88,20 +88,22 @@ def _round_axis(last_round: int) -> dict[str, Any]:
     }
 
 
-def accuracy_loss_figure(rounds: Sequence[RoundDict]) -> Figure:
-    """Test accuracy (left axis, %) and test loss (right axis) of the global model after each round."""
+def accuracy_loss_figure(rounds: Sequence[RoundDict], *, headline: str = "accuracy") -> Figure:
+    """Test accuracy (left axis, %) and test loss (right axis) of the global model after each round; a
+    click-through-rate job (headline "AUC", Job.headline) plots its test AUC instead of accuracy."""
     done = committed_rounds(rounds)
     numbers = [r["number"] for r in done]
+    auc = headline == "AUC"
     data = [
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": "Accuracy",
+            "name": "AUC" if auc else "Accuracy",
             "x": numbers,
-            "y": [r.get("accuracy") for r in done],
+            "y": [(r.get("metrics") or {}).get("auc") if auc else r.get("accuracy") for r in done],
             "yaxis": "y",
             "line": {"color": "#1e88e5"},
-            "hovertemplate": "%{y:.1%}<extra>accuracy</extra>",
+            "hovertemplate": "%{y:.3f}<extra>AUC</extra>" if auc else "%{y:.1%}<extra>accuracy</extra>",
         },
         {
             "type": "scatter",
@@ -115,11 +117,13 @@ def accuracy_loss_figure(rounds: Sequence[RoundDict]) -> Figure:
         },
     ]
     layout = _layout(
-        "Test accuracy and loss per round",
+        "Test AUC and log-loss per round" if auc else "Test accuracy and loss per round",
         xaxis=_round_axis(max(numbers, default=1)),
-        yaxis={"title": {"text": "Accuracy (%)"}, "range": [0, 1], "tickformat": ".0%"},
+        yaxis={"title": {"text": "AUC"}, "range": [0, 1], "tickformat": ".2f"}
+        if auc
+        else {"title": {"text": "Accuracy (%)"}, "range": [0, 1], "tickformat": ".0%"},
         yaxis2={
-            "title": {"text": "Loss (cross-entropy)"},
+            "title": {"text": "Log-loss" if auc else "Loss (cross-entropy)"},
             "overlaying": "y",
             "side": "right",
             "rangemode": "tozero",
@@ -301,10 +305,10 @@ def compare_accuracy_figure(
     return {"data": data, "layout": layout}
 
 
-def dashboard_figures(rounds: Sequence[RoundDict]) -> dict[str, Figure]:
+def dashboard_figures(rounds: Sequence[RoundDict], *, headline: str = "accuracy") -> dict[str, Figure]:
     """The three dashboard charts, keyed as the page's chart containers are named."""
     return {
-        "accuracy_loss": accuracy_loss_figure(rounds),
+        "accuracy_loss": accuracy_loss_figure(rounds, headline=headline),
         "round_time": round_time_figure(rounds),
         "bytes": bytes_figure(rounds),
     }

@@ -170,7 +170,9 @@ def json_safe(value: Any) -> Any:
 def snapshot_with_figures(job: Job) -> dict[str, Any]:
     """services.job_snapshot plus what only the web layer knows: figures and the model download link."""
     snapshot = services.job_snapshot(job)
-    snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"])
+    snapshot["figures"] = charts.dashboard_figures(
+        snapshot["rounds"], headline=snapshot["job"]["headline"]["label"]
+    )
     add_availability(snapshot, job)
     if submodel_report.privacy_info(job) is None:
         add_influence(snapshot, job)

@@ -74,6 +74,16 @@ def test_accuracy_loss_figure_plots_committed_rounds_on_two_axes() -> None:
     go.Figure(fig)  # raises if the dict is not a valid Plotly figure
 
 
+def test_a_ctr_job_plots_its_auc_where_others_plot_accuracy() -> None:
+    rounds = [{**make_round(n, 0.3, loss=0.69 - n / 100), "metrics": {"auc": 0.55 + n / 100}} for n in (1, 2)]
+    fig = charts.dashboard_figures(rounds, headline="AUC")["accuracy_loss"]
+    auc, loss = fig["data"]
+    assert auc["name"] == "AUC" and auc["y"] == [pytest.approx(0.56), pytest.approx(0.57)]
+    assert loss["y"] == [pytest.approx(0.68), pytest.approx(0.67)]
+    assert fig["layout"]["yaxis"]["title"]["text"] == "AUC" and "AUC" in fig["layout"]["title"]["text"]
+    go.Figure(fig)
+
+
 def test_round_time_figure_stacks_phases_and_keeps_abandoned_attempts() -> None:
     fig = charts.round_time_figure(ROUNDS)
     bars = [t for t in fig["data"] if t["type"] == "bar"]
