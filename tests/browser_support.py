@@ -52,6 +52,25 @@ def log_in(page: Any, username: str, password: str, *, then_at: str) -> None:
     expect(page).to_have_url(re.compile(then_at))
 
 
+def logged_in_page(
+    browser: Any,
+    base_url: str,
+    path: str,
+    username: str,
+    password: str,
+    *,
+    timeout_ms: float,
+    height: int = 900,
+) -> tuple[Any, Any]:
+    """A new browser context and page that asked for `path`, logged in and landed there."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    page.goto(path)
+    log_in(page, username, password, then_at=re.escape(path) + "$")
+    return context, page
+
+
 def register_online_phones(lab: Any, *, prefix: str, tag: str) -> None:
     """Register every phone of a virtual lab as `<prefix>-<i>` with `tag`, and probe it online."""
     for index, phone in enumerate(lab.phones):

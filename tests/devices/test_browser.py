@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from accounts.roles import OPERATORS
-from tests.browser_support import browser, log_in, save_screenshot  # noqa: F401 - browser is a fixture
+from tests.browser_support import browser, log_in, logged_in_page, save_screenshot  # noqa: F401
 from tests.conftest import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
@@ -36,11 +36,15 @@ def test_register_a_phone_and_watch_it_come_online(
 
     phone = virtual_phones(1, seed=11).phones[0]
 
-    context = browser.new_context(base_url=daphne_server, viewport={"width": 1280, "height": 720})
-    fleet = context.new_page()
-    fleet.set_default_timeout(LIVE_TIMEOUT_MS)
-    fleet.goto("/devices/")
-    log_in(fleet, "browser-op", "browser-pass-1", then_at=r"/devices/$")
+    context, fleet = logged_in_page(
+        browser,
+        daphne_server,
+        "/devices/",
+        "browser-op",
+        "browser-pass-1",
+        timeout_ms=LIVE_TIMEOUT_MS,
+        height=720,
+    )
     expect(fleet.locator("#live-indicator")).to_have_class(re.compile(r"\bconnected\b"))
     expect(fleet.locator("#fleet-table")).to_contain_text("No phones")
     fleet.evaluate("window.__sameDocument = true")  # gone if the page were reloaded

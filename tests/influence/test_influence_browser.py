@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from accounts.roles import OPERATORS
-from tests.browser_support import ARTIFACTS, browser, log_in, save_screenshot  # noqa: F401
+from tests.browser_support import ARTIFACTS, browser, logged_in_page, save_screenshot  # noqa: F401
 from tests.conftest import make_user
 from training import tasks
 from training.analysis import loo
@@ -48,11 +48,9 @@ def test_influence_section_and_excluding_the_harmful_phone(
     from playwright.sync_api import expect
 
     job, _ = analysed_job
-    context = browser.new_context(base_url=daphne_server, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(f"/jobs/{job.pk}/")
-    log_in(page, "influence-op", "influence-pass-1", then_at=rf"/jobs/{job.pk}/$")
+    context, page = logged_in_page(
+        browser, daphne_server, f"/jobs/{job.pk}/", "influence-op", "influence-pass-1", timeout_ms=TIMEOUT_MS
+    )
 
     rows = page.locator("#influence-ranking tr")
     expect(rows).to_have_count(4, timeout=TIMEOUT_MS)  # Daphne's first snapshot loads the data set

@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from accounts.roles import OPERATORS
-from tests.browser_support import browser, log_in, register_online_phones, save_screenshot  # noqa: F401
+from tests.browser_support import (  # noqa: F401 - browser is a fixture
+    browser,
+    logged_in_page,
+    register_online_phones,
+    save_screenshot,
+)
 from tests.conftest import make_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -34,11 +39,9 @@ def test_launch_a_job_and_watch_accuracy_grow(
 ) -> None:
     from playwright.sync_api import expect
 
-    context = browser.new_context(base_url=daphne_server, viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(LIVE_TIMEOUT_MS)
-    page.goto("/jobs/new/")
-    log_in(page, "job-op", "job-pass-1", then_at=r"/jobs/new/$")
+    context, page = logged_in_page(
+        browser, daphne_server, "/jobs/new/", "job-op", "job-pass-1", timeout_ms=LIVE_TIMEOUT_MS
+    )
 
     page.fill("#id_name", "browser job")
     page.fill("#id_rounds", "0")
