@@ -19,6 +19,8 @@ from typing import Any
 from django import forms
 
 from training.fl.datasets import DATASET_LOADERS, dataset_names
+from training.fl.fedsubavg import ROW_WEIGHTS
+from training.fl.index_privacy import PRESETS, per_round_epsilon
 from training.fl.nets import model_names
 from training.fl.registry import STRATEGIES
 from training.fl.robust import AGGREGATORS
@@ -46,11 +48,33 @@ PARAM_LABELS = {
     "num_byzantine": "Assumed attackers f",
     "num_selected": "Updates averaged m",
     # FedSubAvg (submodel jobs)
-    "privacy": "Index privacy preset (default, none, whole_union)",
-    "row_weight": "Row weighting (touched, count)",
+    "privacy": "Index privacy preset",
+    "row_weight": "Row weighting",
     "num_items": "Items (embedding rows)",
     "num_clients": "Users' logs (one per phone: use as many phones)",
 }
+
+
+def _epsilon_text(value: float) -> str:
+    if value == float("inf"):
+        return "ε ∞: requests show exactly the phone's items"
+    if value == 0:
+        return "ε 0: every phone downloads the whole union"
+    return f"ε {value:.2f} per round, decoy rows cost bytes"
+
+
+ROW_WEIGHT_TEXT = {
+    "touched": "divide each row by the phones that trained it",
+    "count": "weight each row by the phones' samples on it",
+}
+# String parameters with a fixed set of values get a select, each option saying what it means.
+PARAM_OPTIONS: dict[str, list[tuple[str, str]]] = {
+    "privacy": [
+        (name, f"{name} — {_epsilon_text(per_round_epsilon(preset))}") for name, preset in PRESETS.items()
+    ],
+    "row_weight": [(name, f"{name} — {ROW_WEIGHT_TEXT[name]}") for name in ROW_WEIGHTS],
+}
+
 DATASET_LABELS = {
     "digits": "Digits (8×8, scikit-learn)",
     "synthetic": "Synthetic(α, β) (FedProx)",
@@ -134,6 +158,8 @@ def _param_field(param: str, default: Any) -> forms.Field:
     if isinstance(default, bool):
         return forms.BooleanField(**options)
     help_text = f"default {default}"
+    if param in PARAM_OPTIONS:
+        return forms.ChoiceField(choices=PARAM_OPTIONS[param], **options)
     if isinstance(default, int):
         return forms.IntegerField(help_text=help_text, **options)
     if isinstance(default, float):
@@ -302,7 +328,7 @@ class JobForm(forms.Form):
         values = {}
         for param in params:
             value = self.cleaned_data.get(param_field_name(kind, choice or "", param))
-            if value is not None:
+            if value is not None and value != "":  # an empty input (or none posted) means the default
                 values[param] = value
         return values
 

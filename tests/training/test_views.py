@@ -136,6 +136,31 @@ def test_operator_creates_a_job_from_the_form(operator: Any, queued_starts: list
     assert queued_starts == [job.pk]
 
 
+def test_a_submodel_job_chooses_its_privacy_preset_from_a_list_that_shows_epsilon(
+    operator: Any, queued_starts: list
+) -> None:
+    client = logged_in(operator)
+    page = client.get(reverse("training:job-create")).content.decode()
+    assert '<select name="algorithm_param__fedsubavg__privacy"' in page
+    assert "default — ε 2.02 per round" in page and "none — ε ∞" in page
+    submodel = {
+        "dataset": "recsys",
+        "partition": "natural",
+        "model": "ctr",
+        "algorithm": "fedsubavg",
+        "partition_param": "",
+    }
+    refused = client.post(
+        reverse("training:job-create"), form_data(**submodel, algorithm_param__fedsubavg__privacy="secret")
+    )
+    assert "algorithm_param__fedsubavg__privacy" in refused.context["form"].errors
+    client.post(
+        reverse("training:job-create"),
+        form_data(**submodel, algorithm_param__fedsubavg__privacy="whole_union"),
+    )
+    assert Job.objects.get().config["algorithm_params"]["privacy"] == "whole_union"
+
+
 @pytest.mark.parametrize(
     ("overrides", "field", "fragment"),
     [
