@@ -3,6 +3,7 @@ protocol, virtual phones running the agent. Nothing here is faked."""
 
 from __future__ import annotations
 
+import math
 import shlex
 import signal
 import time
@@ -202,7 +203,9 @@ def test_malformed_updates_are_rejected_and_the_round_goes_on(
 
     # Six phones, goal 6, minimum 3: the round waits for every phone, rejects the three bad uploads and
     # commits with the three good ones.
-    job = launch("evil", rounds=1, clients_per_round=6, min_clients=3)
+    # Three local epochs: one round on three honest phones then lands well clear of chance (one epoch
+    # gave 0.27-0.5, depending on which device ids, and so which client seeds, the session handed out).
+    job = launch("evil", rounds=1, clients_per_round=6, min_clients=3, local_epochs=3)
     job = wait_for_job(job, (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PAUSED))
 
     assert job.status == JobStatus.COMPLETED
@@ -215,7 +218,8 @@ def test_malformed_updates_are_rejected_and_the_round_goes_on(
     assert reasons["evil-huge"][0] == ClientState.REJECTED
     assert "limit" in reasons["evil-huge"][1] or "padding" in reasons["evil-huge"][1]
     rnd = job.rounds.get(status=RoundStatus.COMMITTED)
-    assert rnd.accuracy is not None and rnd.accuracy > 0.3
+    # The committed model is the mean of the honest updates alone: finite, and well above chance (0.1).
+    assert rnd.accuracy is not None and rnd.accuracy > 0.35 and math.isfinite(rnd.loss)
 
 
 def test_worker_killed_mid_round_resumes_without_losing_or_repeating_rounds(
