@@ -323,6 +323,51 @@ def batch_embedding_l2(model: CTRModel, batch: CTRSamples) -> torch.Tensor:
 
 StepCallback = Callable[[int, int, int, float], None]  # (epoch, step, planned steps, minibatch loss)
 
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+class LocalOptimizer:
+    """Adam with torch's defaults and no weight decay, or plain SGD — written out, step for step as
+    torch.optim's single-tensor code does it (tests compare the two). torch.optim's optimizers import
+    torch._dynamo when first used: 1.4 s of CPU in every agent run, since each run is a new process,
+    where the whole local training of a CTR submodel takes about 0.1 s."""
+
+    def __init__(self, params: Sequence[torch.Tensor], lr: float, kind: str = "adam") -> None:
+        if kind not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {kind!r}")
+        self.params = list(params)
+        self.lr = lr
+        self.kind = kind
+        self.steps = 0
+        self.moments = (
+            [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params] if kind == "adam" else []
+        )
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        if self.kind == "sgd":
+            for p in self.params:
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-self.lr)
+            return
+        beta1, beta2 = ADAM_BETAS
+        step_size = self.lr / (1 - beta1**self.steps)
+        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
+        for p, (exp_avg, exp_avg_sq) in zip(self.params, self.moments, strict=True):
+            if p.grad is None:
+                continue
+            exp_avg.lerp_(p.grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(ADAM_EPS)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
 
 def train_ctr(
     model: CTRModel,
@@ -337,12 +382,7 @@ def train_ctr(
     `config.deadline_s` seconds have passed (stragglers). Returns train_loss (mean over the last epoch
     trained), steps, planned_steps and completed (1.0 = all planned steps done)."""
     model.train()
-    params = list(model.parameters())
-    optimizer: torch.optim.Optimizer
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr)
-    else:
-        optimizer = torch.optim.SGD(params, lr=config.lr)
+    optimizer = LocalOptimizer(list(model.parameters()), config.lr, config.optimizer)
     generator = torch.Generator().manual_seed(seed)
     per_epoch = -(-len(samples) // config.batch_size)
     planned = per_epoch * config.epochs
@@ -360,7 +400,7 @@ def train_ctr(
             loss = F.binary_cross_entropy_with_logits(model.logits(batch), batch.label)
             if config.l2_emb > 0:
                 loss = loss + config.l2_emb * batch_embedding_l2(model, batch)
-            optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             value = float(loss.detach())
