@@ -263,10 +263,17 @@ def final_accuracy(rounds: Iterable[RoundDict]) -> float | None:
     return done[-1].get("accuracy") if done else None
 
 
+def with_auc_as_accuracy(rounds: Sequence[RoundDict]) -> list[RoundDict]:
+    """The rounds of a click-through-rate job with their test AUC where the accuracy was, so that the
+    compare page's curves and counts (rounds to target, final, best, oscillation) are about AUC."""
+    return [{**r, "accuracy": (r.get("metrics") or {}).get("auc")} for r in rounds]
+
+
 def compare_accuracy_figure(
-    jobs: Sequence[tuple[str, Sequence[RoundDict]]], target: float | None = None
+    jobs: Sequence[tuple[str, Sequence[RoundDict]]], target: float | None = None, *, metric: str = "accuracy"
 ) -> Figure:
-    """Accuracy curves of several jobs on one axis; with `target`, a dashed line marks the goal."""
+    """Accuracy curves of several jobs on one axis (`metric` "AUC": their AUC curves, with_auc_as_accuracy);
+    with `target`, a dashed line marks the goal."""
     data = []
     for name, rounds in jobs:
         done = committed_rounds(rounds)
@@ -278,7 +285,8 @@ def compare_accuracy_figure(
                 "x": [r["number"] for r in done],
                 "y": [r.get("accuracy") for r in done],
                 # The trace name comes from Plotly itself, so a job name is never spliced into markup.
-                "hovertemplate": "%{y:.1%}<extra>%{fullData.name}</extra>",
+                "hovertemplate": ("%{y:.3f}" if metric == "AUC" else "%{y:.1%}")
+                + "<extra>%{fullData.name}</extra>",
             }
         )
     shapes = []
@@ -297,9 +305,11 @@ def compare_accuracy_figure(
         )
     last_round = max((max(trace["x"], default=1) for trace in data), default=1)
     layout = _layout(
-        "Test accuracy per round",
+        "Test AUC per round" if metric == "AUC" else "Test accuracy per round",
         xaxis=_round_axis(last_round),
-        yaxis={"title": {"text": "Accuracy (%)"}, "range": [0, 1], "tickformat": ".0%"},
+        yaxis={"title": {"text": "AUC"}, "range": [0, 1], "tickformat": ".2f"}
+        if metric == "AUC"
+        else {"title": {"text": "Accuracy (%)"}, "range": [0, 1], "tickformat": ".0%"},
         shapes=shapes,
     )
     return {"data": data, "layout": layout}

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from django.contrib import messages
@@ -31,6 +32,7 @@ from training.models import Job, JobStatus
 JOBS_PER_PAGE = 50
 MAX_COMPARED_JOBS = 12
 DEFAULT_TARGET_ACCURACY = 0.9
+DEFAULT_TARGET_AUC = 0.65
 # The CSV header when a job has no committed round yet (services.export_rows gives the keys otherwise).
 EXPORT_COLUMNS = (
     "round",
@@ -316,16 +318,22 @@ def parse_job_ids(values: list[str]) -> list[int]:
     return ids[:MAX_COMPARED_JOBS]
 
 
-def parse_target(value: str | None) -> tuple[float, str | None]:
+def parse_target(value: str | None, default: float = DEFAULT_TARGET_ACCURACY) -> tuple[float, str | None]:
     if value in (None, ""):
-        return DEFAULT_TARGET_ACCURACY, None
+        return default, None
     try:
         target = float(value)
     except ValueError:
-        return DEFAULT_TARGET_ACCURACY, f"“{value}” is not a number; using {DEFAULT_TARGET_ACCURACY:g}."
+        return default, f"“{value}” is not a number; using {default:g}."
     if not 0 < target <= 1:
-        return DEFAULT_TARGET_ACCURACY, f"The target must be in (0, 1]; using {DEFAULT_TARGET_ACCURACY:g}."
+        return default, f"The target must be in (0, 1]; using {default:g}."
     return target, None
+
+
+def compared_metric(jobs: Sequence[Job]) -> str:
+    """What the compare page overlays: AUC when every job is a click-through-rate job (their accuracy
+    says little), else accuracy."""
+    return "AUC" if jobs and all(job.headline["label"] == "AUC" for job in jobs) else "accuracy"
 
 
 def job_label(job: Job) -> str:
@@ -355,10 +363,15 @@ def accuracy_oscillation(accuracies: list[float], last: int = OSCILLATION_ROUNDS
 @require_GET
 def job_compare(request: HttpRequest) -> HttpResponse:
     ids = parse_job_ids(request.GET.getlist("ids"))
-    target, target_error = parse_target(request.GET.get("target"))
     jobs_by_id = {job.pk: job for job in Job.objects.filter(pk__in=ids).select_related("owner")}
     jobs = [jobs_by_id[i] for i in ids if i in jobs_by_id]
-    series = [(job_label(job), [r.snapshot() for r in job.rounds.all()]) for job in jobs]
+    metric = compared_metric(jobs)
+    default_target = DEFAULT_TARGET_AUC if metric == "AUC" else DEFAULT_TARGET_ACCURACY
+    target, target_error = parse_target(request.GET.get("target"), default_target)
+    series = []
+    for job in jobs:
+        rounds = [r.snapshot() for r in job.rounds.all()]
+        series.append((job_label(job), charts.with_auc_as_accuracy(rounds) if metric == "AUC" else rounds))
     rows = []
     for job, (_, rounds) in zip(jobs, series, strict=True):
         accuracies = [r["accuracy"] for r in charts.committed_rounds(rounds) if r["accuracy"] is not None]
@@ -383,7 +396,8 @@ def job_compare(request: HttpRequest) -> HttpResponse:
             "missing_ids": missing,
             "ids_value": ",".join(str(job.pk) for job in jobs),
             "selected_ids": [job.pk for job in jobs],
-            "figure": json_safe(charts.compare_accuracy_figure(series, target=target)),
+            "figure": json_safe(charts.compare_accuracy_figure(series, target=target, metric=metric)),
+            "metric": metric,
             "recent_jobs": Job.objects.select_related("owner")[:30],
             "oscillation_rounds": OSCILLATION_ROUNDS,
         },

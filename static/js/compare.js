@@ -27,7 +27,7 @@ function applyTarget() {
     if (cell) cell.textContent = String(roundsToTarget(trace, target) ?? "not reached");
   });
   const label = document.querySelector("[data-target-label]");
-  if (label) label.textContent = `${Math.round(target * 100)}%`;
+  if (label) label.textContent = chart?.dataset.metric === "AUC" ? `AUC ${target.toFixed(2)}` : `${Math.round(target * 100)}%`;
   for (const shape of figure.layout.shapes || []) { shape.y0 = target; shape.y1 = target; }
   if (window.Plotly && chart) window.Plotly.react(chart, figure.data, figure.layout, PLOT_CONFIG);
   const url = new URL(window.location.href);

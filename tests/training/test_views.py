@@ -313,6 +313,31 @@ def test_compare_overlays_jobs_and_counts_rounds_to_target(
     assert bad.context["target"] == 0.9 and bad.context["target_error"]
 
 
+def test_compare_overlays_auc_when_every_job_is_a_click_through_rate_job(viewer: Any, operator: Any) -> None:
+    ctr = {"dataset": "recsys", "partition": "natural", "model": "ctr"}
+    sub = make_job(operator, name="fedsubavg", algorithm="fedsubavg", **ctr)
+    full = make_job(operator, name="full", algorithm="fedavg_full", **ctr)
+    for job, aucs in ((sub, (0.60, 0.66, 0.69)), (full, (0.55, 0.58, 0.62))):
+        for number, value in enumerate(aucs, start=1):
+            make_round(job, number, accuracy=0.3, metrics={"auc": value, "logloss": 0.6})
+    client = logged_in(viewer)
+    response = client.get(reverse("training:job-compare"), {"ids": f"{sub.pk},{full.pk}"})
+    assert response.context["metric"] == "AUC" and response.context["target"] == 0.65
+    rows = {row.job.name: row for row in response.context["rows"]}
+    assert rows["fedsubavg"].rounds_to_target == 2 and rows["full"].rounds_to_target is None
+    assert rows["fedsubavg"].final_accuracy == pytest.approx(0.69)  # the AUC, not the click accuracy
+    figure = response.context["figure"]
+    assert (
+        figure["data"][0]["y"] == [0.60, 0.66, 0.69] and figure["layout"]["yaxis"]["title"]["text"] == "AUC"
+    )
+    html = response.content.decode()
+    assert "Final AUC" in html and "0.690" in html and "AUC 0.65" in html
+    # With a digits job among them, the page compares accuracy.
+    digits = make_job(operator, name="digits")
+    mixed = client.get(reverse("training:job-compare"), {"ids": f"{sub.pk},{digits.pk}"})
+    assert mixed.context["metric"] == "accuracy" and mixed.context["target"] == 0.9
+
+
 # --- exports --------------------------------------------------------------------------------------------
 def test_csv_export_has_one_row_per_committed_round(viewer: Any, job_with_rounds: Job) -> None:
     response = logged_in(viewer).get(reverse("training:job-export-csv", args=[job_with_rounds.pk]))

@@ -24,3 +24,14 @@ def params(value: Any) -> str:
     if not isinstance(value, dict):
         return ""
     return ", ".join(f"{key}={item}" for key, item in value.items())
+
+
+@register.filter
+def metric_value(value: Any, metric: str) -> str:
+    """A job's accuracy as a percentage, or its AUC (metric "AUC") with three decimals; '–' when absent."""
+    if metric != "AUC":
+        return percent(value)
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return "–"
