@@ -32,7 +32,15 @@ from training import storage
 from training.agent.build import AgentBuild, build_agent_pyz
 from training.events import send_job_event
 from training.fl.wire import InvalidUpdate, load_tensors
-from training.models import IN_FLIGHT_STATES, ClientResult, ClientState, Participant, RoundStatus
+from training.models import (
+    FINISHED_JOB_STATUSES,
+    IN_FLIGHT_STATES,
+    ClientResult,
+    ClientState,
+    Job,
+    Participant,
+    RoundStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +258,10 @@ def run_client(result_id: int) -> None:
         from training import tasks  # noqa: PLC0415 - tasks import this module
 
         tasks.maybe_close_round(result.round_id)
+        # A job that finished while this phone worked (cancelled, failed) was cleaned off the phone at
+        # that moment, and this run may have written its files again since: clean once more, last.
+        if Job.objects.filter(pk=result.job_id, status__in=FINISHED_JOB_STATUSES).exists():
+            clean_phone(result.job_id, result.device_id)
 
 
 def _run(result: ClientResult) -> None:

@@ -37,6 +37,7 @@ JOB_BADGES = {
     "cancelled": "dark",
 }
 ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED_JOB_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class Job(models.Model):

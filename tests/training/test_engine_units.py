@@ -12,7 +12,7 @@ from django.utils import timezone
 from devices.models import DeviceStatus
 from tests.training.web_factories import add_client, make_device, make_job, make_round, operator  # noqa: F401
 from training import engine
-from training.models import ClientState, JobStatus, Participant, RoundStatus
+from training.models import ClientResult, ClientState, Job, JobStatus, Participant, RoundStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -170,3 +170,34 @@ def test_a_phone_that_does_not_answer_keeps_the_files_and_the_job_log_says_so(op
     assert client_runner.clean_phone(job.pk, phone.pk) is False
     entry = job.log_entries.get()
     assert "could not remove the job's files from gone-phone" in entry.message
+
+
+@pytest.mark.django_db
+def test_a_phone_that_worked_through_its_jobs_cancellation_is_cleaned_again_after(
+    operator: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from training import client_runner
+
+    job = make_job(operator)
+    phone = make_device("racing-phone")
+    rnd = make_round(job, 1, status=RoundStatus.TRAINING)
+    result = add_client(rnd, phone, ClientState.TRAINING)
+
+    def cancelled_meanwhile(_: Any) -> None:  # the cancel (and its cleanup) lands while the phone works
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.CANCELLED)
+
+    cleaned: list[tuple[int, int]] = []
+    monkeypatch.setattr(client_runner, "_run", cancelled_meanwhile)
+    monkeypatch.setattr(
+        client_runner, "clean_phone", lambda job_id, device_id: cleaned.append((job_id, device_id))
+    )
+    client_runner.run_client(result.pk)
+    assert cleaned == [(job.pk, phone.pk)]
+
+    cleaned.clear()  # a phone whose job goes on is left alone
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING)
+    ClientResult.objects.filter(pk=result.pk).update(state=ClientState.TRAINING)
+    monkeypatch.setattr(client_runner, "_run", lambda _: None)
+    client_runner.run_client(result.pk)
+    assert cleaned == []
