@@ -125,7 +125,7 @@ def test_a_dropped_websocket_reconnects_and_catches_up_from_a_snapshot(
         fleet.wait_for_timeout(50)
     first, second = attempts[refused_from] - dropped_at, attempts[refused_from + 1] - attempts[refused_from]
     # 0.5 s, then 1 s, each ±25 % (plus how late Playwright hands the attempt to this thread)
-    assert 0.3 < first < 1.0 and second > 0.65 and second > first, (first, second)
+    assert 0.3 < first < 2.0 and second > 0.65 and second > first, (first, second)
     expect(indicator).to_have_class(re.compile(r"\breconnecting\b"))
 
     # Registered while the page has no socket: its device.added event reaches nobody.
