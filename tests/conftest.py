@@ -312,11 +312,30 @@ def celery_training_worker(
 
 
 @pytest.fixture(scope="session")
-def celery_worker(
+def _celery_workers(
     celery_devices_worker: ManagedProcess, celery_training_worker: ManagedProcess
 ) -> dict[str, ManagedProcess]:
-    """Both workers, as `make demo` runs them."""
     return {"devices": celery_devices_worker, "training": celery_training_worker}
+
+
+@pytest.fixture
+def celery_worker(_celery_workers: dict[str, ManagedProcess]) -> Iterator[dict[str, ManagedProcess]]:
+    """Both workers, as `make demo` runs them. After the test, waits until they are idle: a job's last
+    tasks (cleaning its phones, a cancelled round's phones finishing) must not write to the database
+    while the test database is being emptied — on PostgreSQL that deadlocks the TRUNCATE."""
+    yield _celery_workers
+    wait_for_idle_workers()
+
+
+def wait_for_idle_workers(timeout_s: float = 60.0) -> None:
+    from config.celery import app  # noqa: PLC0415
+
+    def idle() -> bool:
+        inspector = app.control.inspect(timeout=1.0)
+        busy = [*(inspector.active() or {}).values(), *(inspector.reserved() or {}).values()]
+        return not any(busy)
+
+    wait_until(idle, timeout_s=timeout_s, interval_s=0.2, what="the workers to finish their tasks")
 
 
 @dataclass(frozen=True)
