@@ -87,4 +87,12 @@ def test_launch_a_submodel_job_and_watch_its_section(
     assert 0.0 <= auc <= 1.0
 
     save_screenshot(page, "submodel_dashboard.png")
+
+    # The compare page overlays a CTR job's AUC, not its click accuracy.
+    job_id = re.search(r"/jobs/(\d+)/", page.url).group(1)
+    page.goto(f"/jobs/compare/?ids={job_id}")
+    expect(page.locator("#compare-table")).to_contain_text("Final AUC")
+    page.wait_for_function("document.getElementById('compare-chart').layout?.yaxis?.title?.text === 'AUC'")
+    compared = page.evaluate("document.getElementById('compare-chart').data[0].y.at(-1)")
+    assert compared == pytest.approx(auc)
     context.close()
