@@ -7,7 +7,6 @@ size, and a bad one is *rejected* with a reason while the round goes on without 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -201,16 +200,16 @@ def _names_union(config_path: Path) -> bool:
     return "union" in json.loads(config_path.read_text())
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file that is written once and never changed in place (a job's union of ids)."""
+def union_sha256(path: Path) -> str:
+    """storage.file_sha256 of a job's union file, hashed once per version of the file (it is written
+    once; every phone of every round of the job compares its copy against it)."""
     info = path.stat()
-    return _file_sha256(str(path), info.st_mtime_ns, info.st_size)
+    return _union_sha256(str(path), info.st_mtime_ns, info.st_size)
 
 
 @lru_cache(maxsize=64)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+def _union_sha256(path: str, mtime_ns: int, size: int) -> str:
+    return storage.file_sha256(Path(path))
 
 
 def push_if_changed(
@@ -297,7 +296,7 @@ def _run(result: ClientResult) -> None:
             if _names_union(local_dir / "config.json"):  # the preset draws decoys from U
                 local_union = storage.union_path(job.pk)
                 union_down = push_if_changed(
-                    conn, local_union, remote_union, file_sha256(local_union), current
+                    conn, local_union, remote_union, union_sha256(local_union), current
                 )
             request = _request_step(
                 conn, result, participant, local_dir, remote_round, remote_agent, remaining, union_down

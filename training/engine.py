@@ -16,7 +16,6 @@ are conditional UPDATEs on `Round.status` / `Job.status`, so concurrent callers 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -120,14 +119,6 @@ def eligible_devices(config: JobConfig, *, job_id: int | None = None) -> list[De
     return list(qs.distinct().order_by("pk"))
 
 
-def _file_sha256(path: Any) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def prepare_job(job_id: int) -> None:
     """Split the data among the eligible phones, write their shards and the initial model. A job that
     cannot be prepared (a bug, bad parameters the validator missed) fails with the reason."""
@@ -187,7 +178,7 @@ def _prepare_job(job_id: int) -> None:
                 client_index=index,
                 num_samples=len(shard),
                 label_counts=counts,
-                shard_sha256=_file_sha256(path),
+                shard_sha256=storage.file_sha256(path),
             )
         )
     spec = job_model_spec(config, splits)

@@ -18,6 +18,7 @@ killed mid-write never leaves a half checkpoint that a resumed job would trust.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import posixpath
 from pathlib import Path
@@ -39,6 +40,12 @@ def data_dir() -> Path:
 
 def job_dir(job_id: int) -> Path:
     return data_dir() / "jobs" / str(int(job_id))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file (what a phone's `sha256sum` prints for its copy)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def union_path(job_id: int) -> Path:
