@@ -90,17 +90,17 @@ def _round_axis(last_round: int) -> dict[str, Any]:
 
 def accuracy_loss_figure(rounds: Sequence[RoundDict], *, headline: str = "accuracy") -> Figure:
     """Test accuracy (left axis, %) and test loss (right axis) of the global model after each round; a
-    click-through-rate job (headline "AUC", Job.headline) plots its test AUC instead of accuracy."""
-    done = committed_rounds(rounds)
-    numbers = [r["number"] for r in done]
+    click-through-rate job (headline "AUC", Job.headline_metric) plots its test AUC instead of accuracy."""
     auc = headline == "AUC"
+    done = committed_rounds(with_auc_as_accuracy(rounds) if auc else rounds)
+    numbers = [r["number"] for r in done]
     data = [
         {
             "type": "scatter",
             "mode": "lines+markers",
             "name": "AUC" if auc else "Accuracy",
             "x": numbers,
-            "y": [(r.get("metrics") or {}).get("auc") if auc else r.get("accuracy") for r in done],
+            "y": [r.get("accuracy") for r in done],
             "yaxis": "y",
             "line": {"color": "#1e88e5"},
             "hovertemplate": "%{y:.3f}<extra>AUC</extra>" if auc else "%{y:.1%}<extra>accuracy</extra>",

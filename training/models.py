@@ -81,10 +81,15 @@ class Job(models.Model):
         return int(100 * self.committed_rounds / max(self.rounds_total, 1))
 
     @property
+    def headline_metric(self) -> str:
+        """What a job is judged by: test accuracy, except for click-through-rate models, whose accuracy
+        says little (most samples are no-clicks) and AUC is what counts."""
+        return "AUC" if self.model_name == "ctr" else "accuracy"
+
+    @property
     def headline(self) -> dict[str, Any]:
-        """The one figure a job's header and list show: test accuracy, except for click-through-rate
-        models, whose accuracy says little (most samples are no-clicks) and AUC is what counts."""
-        if self.model_name == "ctr":
+        """The one figure a job's header and list show: its headline_metric after the last round."""
+        if self.headline_metric == "AUC":
             last = (
                 self.rounds.filter(status=RoundStatus.COMMITTED, number=self.committed_rounds)
                 .values_list("metrics", flat=True)

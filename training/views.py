@@ -172,9 +172,7 @@ def json_safe(value: Any) -> Any:
 def snapshot_with_figures(job: Job) -> dict[str, Any]:
     """services.job_snapshot plus what only the web layer knows: figures and the model download link."""
     snapshot = services.job_snapshot(job)
-    snapshot["figures"] = charts.dashboard_figures(
-        snapshot["rounds"], headline=snapshot["job"]["headline"]["label"]
-    )
+    snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"], headline=job.headline_metric)
     add_availability(snapshot, job)
     if submodel_report.privacy_info(job) is None:
         add_influence(snapshot, job)
@@ -333,7 +331,7 @@ def parse_target(value: str | None, default: float = DEFAULT_TARGET_ACCURACY) ->
 def compared_metric(jobs: Sequence[Job]) -> str:
     """What the compare page overlays: AUC when every job is a click-through-rate job (their accuracy
     says little), else accuracy."""
-    return "AUC" if jobs and all(job.headline["label"] == "AUC" for job in jobs) else "accuracy"
+    return "AUC" if jobs and all(job.headline_metric == "AUC" for job in jobs) else "accuracy"
 
 
 def job_label(job: Job) -> str:
