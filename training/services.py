@@ -17,6 +17,7 @@ from training import leases, storage
 from training.events import send_job_event
 from training.job_config import JobConfig, parse_job_config
 from training.models import (
+    FINISHED_JOB_STATUSES,
     IN_FLIGHT_STATES,
     OPEN_ROUND_STATUSES,
     AnalysisKind,
@@ -92,10 +93,14 @@ def create_job(owner: AbstractBaseUser, config: JobConfig) -> Job:
 
 
 def _set_status(job: Job, new: str, *, allowed_from: tuple[str, ...], **fields: Any) -> bool:
+    from training import tasks  # noqa: PLC0415 - tasks import services; keep the cycle lazy
+
     updated = Job.objects.filter(pk=job.pk, status__in=allowed_from).update(status=new, **fields)
     if updated:
         job.refresh_from_db()
         send_job_event(job.pk, "job.status", job=job_summary(job))
+        if new in FINISHED_JOB_STATUSES:  # however a job ends, its files leave its phones
+            tasks.dispatch_phone_cleanup(job.pk)
     return bool(updated)
 
 
@@ -121,8 +126,6 @@ def resume_job(job: Job, by: AbstractBaseUser) -> None:
 
 
 def cancel_job(job: Job, by: AbstractBaseUser) -> None:
-    from training import tasks  # noqa: PLC0415
-
     with transaction.atomic():
         active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
         if not _set_status(job, JobStatus.CANCELLED, allowed_from=active, finished_at=timezone.now()):
@@ -137,7 +140,6 @@ def cancel_job(job: Job, by: AbstractBaseUser) -> None:
             status=RoundStatus.ABANDONED, finished_at=timezone.now(), reason="the job was cancelled"
         )
         leases.release_job(job.pk)
-        tasks.dispatch_phone_cleanup(job.pk)
 
 
 def pause_for_operator(job: Job, why: str) -> None:
@@ -147,23 +149,17 @@ def pause_for_operator(job: Job, why: str) -> None:
 
 
 def complete_job(job: Job) -> None:
-    from training import tasks  # noqa: PLC0415
-
     if _set_status(job, JobStatus.COMPLETED, allowed_from=(JobStatus.RUNNING,), finished_at=timezone.now()):
         headline = job.headline
         log(job.pk, f"completed {job.committed_rounds} rounds; final {headline['label']} {headline['text']}")
-        tasks.dispatch_phone_cleanup(job.pk)
 
 
 def fail_job(job: Job, error: str) -> None:
-    from training import tasks  # noqa: PLC0415
-
     active = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.PAUSED)
     if _set_status(
         job, JobStatus.FAILED, allowed_from=active, finished_at=timezone.now(), error=error[:2000]
     ):
         log(job.pk, f"failed: {error}", level=LogLevel.ERROR)
-        tasks.dispatch_phone_cleanup(job.pk)
 
 
 # --- excluding phones (client influence, ALGORITHMS.md §5) -------------------------------------------
