@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from training.fl.ctr_model import CTRSamples
-from training.fl.datasets import Dataset, DatasetSplits
+from training.fl.dataset_types import Dataset, DatasetSplits
 from training.fl.recsys_data import RecsysConfig, generate_recsys
 
 RECSYS_NAME = "recsys"

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import torch
 
-Weights = dict[str, torch.Tensor]
+from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, Weights, validate_update
 
 
 class Aggregator(Protocol):
@@ -157,8 +157,6 @@ class Strategy(ABC):
         """Reasons to reject one client's upload (empty: accept). The default checks it against
         `expected_upload`: exactly those names, shapes and dtypes, every value finite. Strategies whose
         uploads differ per client (sparse submodel rows) override this."""
-        from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, validate_update  # noqa: PLC0415 - wire imports us
-
         return validate_update(
             tensors, self.expected_upload(state.weights), max_bytes=DEFAULT_MAX_UPDATE_BYTES
         )

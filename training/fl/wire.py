@@ -20,7 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
-from training.fl.strategy import Weights
+# Parameter name -> float32 CPU tensor (a torch state_dict's items); strategy.py and everything else use it.
+Weights = dict[str, torch.Tensor]
+
 
 DEFAULT_MAX_UPDATE_BYTES = 64 * 1024 * 1024  # far above the lab's models (the digits MLP is ~240 kB)
 HEADER_PREFIX_BYTES = 8
