@@ -43,17 +43,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from training.fl.submodel import IndexSets, as_index_set
+from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors_with_metadata, save_tensors
 
 
 @dataclass(frozen=True)
@@ -222,11 +220,13 @@ class IndexPrivacyClient:
         path = self._path(table)
         if path is None or not path.exists():
             return PermanentResponse.empty()
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if json.loads(meta.get("preset", "{}")) != self.preset.to_json():
-                return PermanentResponse.empty()  # other probabilities: the old draws do not apply
-            ids, member, response = (f.get_tensor(k) for k in ("ids", "member", "response"))
+        tensors, meta = load_tensors_with_metadata(path, max_bytes=DEFAULT_MAX_UPDATE_BYTES)
+        if json.loads(meta.get("preset", "{}")) != self.preset.to_json():
+            return PermanentResponse.empty()  # other probabilities: the old draws do not apply
+        missing = {"ids", "member", "response"} - set(tensors)
+        if missing:  # never start afresh silently: new draws would reveal more than the memo's
+            raise ValueError(f"index privacy memo {path.name} lacks {', '.join(sorted(missing))}")
+        ids, member, response = (tensors[k] for k in ("ids", "member", "response"))
         if ids.dtype != torch.int64 or not ids.shape == member.shape == response.shape:
             return PermanentResponse.empty()
         return PermanentResponse(ids, member.to(torch.bool), response.to(torch.bool))
@@ -236,15 +236,13 @@ class IndexPrivacyClient:
         path = self._path(table)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         tensors = {
             "ids": memo.ids,
             "member": memo.member.to(torch.uint8),
             "response": memo.response.to(torch.uint8),
         }
-        save_file(tensors, str(tmp), metadata={"preset": json.dumps(self.preset.to_json())})
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written memo
+        # atomic (temp file + rename): a crash never leaves a half-written memo
+        save_tensors(path, tensors, {"preset": json.dumps(self.preset.to_json())})
 
     def permanent_response(self, table: str) -> PermanentResponse:
         """The memoised permanent stage of `table` (empty before the first request)."""

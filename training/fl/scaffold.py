@@ -48,8 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from training.fl.client import (
     ClientTask,
@@ -68,6 +66,7 @@ from training.fl.strategy import (
     Weights,
     round_counts,
 )
+from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors_with_metadata, save_tensors
 
 C_PREFIX = "scaffold.c."
 DC_PREFIX = "scaffold.dc."
@@ -277,18 +276,15 @@ def save_client_control(
         "committed_round": _round_text(committed.base_round),
         "pending_round": _round_text(pending_round),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    save_tensors(path, tensors, metadata)  # temp file + rename
     return path
 
 
 def _read_slots(path: Path, reference: Mapping[str, torch.Tensor]) -> dict[int | None, Weights] | None:
     """{round: c_i} for every well-formed slot in the file; None if the file cannot be used at all."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        # two slots of c_i, each the model's size
+        tensors, metadata = load_tensors_with_metadata(path, max_bytes=2 * DEFAULT_MAX_UPDATE_BYTES)
     except Exception:  # any unreadable file (truncated, not safetensors, ...) means a reset
         return None
     slots: dict[int | None, Weights] = {}

@@ -4,6 +4,10 @@ Tensors travel as safetensors: a length-prefixed JSON header plus raw little-end
 execute code on load, unlike pickle / `torch.load`, which the platform never uses on anything a phone
 sends. Everything that parses bytes from outside raises `InvalidUpdate(reason)` with a reason a person can
 read (the reason is stored on the ClientResult and shown in the UI).
+
+The `safetensors` library does the work when it can be imported (the platform always has it); a phone
+without it (Termux's python and python-torch have no Rust-built wheel) reads and writes the same bytes with
+safetensors_layout.py, so the agent needs nothing compiled on the phone.
 """
 
 from __future__ import annotations
@@ -16,9 +20,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as safetensors_load
-from safetensors.torch import save as safetensors_save
+
+from training.fl import safetensors_layout
+from training.fl.safetensors_layout import SafetensorsLayoutError
+
+try:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as _library_load
+    from safetensors.torch import save as _library_save
+
+    HAVE_SAFETENSORS = True
+except ImportError:  # a phone without the package: the pure reader/writer below
+    HAVE_SAFETENSORS = False
 
 # Parameter name -> float32 CPU tensor (a torch state_dict's items); strategy.py and everything else use it.
 Weights = dict[str, torch.Tensor]
@@ -41,7 +54,9 @@ class InvalidUpdate(ValueError):
 def dumps_tensors(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
     """Serialise named tensors (copied to contiguous CPU memory first; safetensors needs that)."""
     plain = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-    return safetensors_save(plain, metadata=dict(metadata) if metadata else None)
+    if not HAVE_SAFETENSORS:
+        return safetensors_layout.dumps(plain, metadata)
+    return _library_save(plain, metadata=dict(metadata) if metadata else None)
 
 
 def loads_tensors(data: bytes, *, max_bytes: int) -> Weights:
@@ -49,10 +64,26 @@ def loads_tensors(data: bytes, *, max_bytes: int) -> Weights:
     if len(data) > max_bytes:
         raise InvalidUpdate(f"update is {len(data)} bytes, over the {max_bytes}-byte limit")
     _check_framing(data)
+    if not HAVE_SAFETENSORS:
+        try:
+            return safetensors_layout.loads(data)
+        except SafetensorsLayoutError as exc:
+            raise InvalidUpdate(f"not a valid safetensors file: {exc}") from None
     try:
-        return dict(safetensors_load(data))
+        return dict(_library_load(data))
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise InvalidUpdate(f"not a valid safetensors file: {exc}") from None
+
+
+def loads_tensors_with_metadata(data: bytes, *, max_bytes: int) -> tuple[Weights, dict[str, str]]:
+    """`loads_tensors`, and the file's `__metadata__` strings (checked by the same header parser either
+    way, so both backends agree on what a valid header is)."""
+    tensors = loads_tensors(data, max_bytes=max_bytes)
+    try:
+        _, metadata, _ = safetensors_layout.parse_header(memoryview(data))
+    except SafetensorsLayoutError as exc:
+        raise InvalidUpdate(f"not a valid safetensors file: {exc}") from None
+    return tensors, metadata
 
 
 def _check_framing(data: bytes) -> None:
@@ -101,6 +132,17 @@ def load_tensors(path: Path, *, max_bytes: int) -> Weights:
     if size > max_bytes:
         raise InvalidUpdate(f"{path.name} is {size} bytes, over the {max_bytes}-byte limit")
     return loads_tensors(path.read_bytes(), max_bytes=max_bytes)
+
+
+def load_tensors_with_metadata(path: Path, *, max_bytes: int) -> tuple[Weights, dict[str, str]]:
+    """A tensor file and its metadata (SCAFFOLD's c_i, the index-privacy memo), size checked first."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InvalidUpdate(f"missing tensor file {path}") from None
+    if size > max_bytes:
+        raise InvalidUpdate(f"{path.name} is {size} bytes, over the {max_bytes}-byte limit")
+    return loads_tensors_with_metadata(path.read_bytes(), max_bytes=max_bytes)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
