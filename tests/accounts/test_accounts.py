@@ -9,6 +9,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.http import HttpRequest
 from django.urls import reverse
 
 from accounts.roles import OPERATE_PERMISSION, OPERATORS, VIEWERS, is_operator, role_of
@@ -64,7 +65,8 @@ def test_create_demo_user_creates_then_resets(client: Any) -> None:
     generated = StringIO()
     call_command("create_demo_user", stdout=generated)
     password = generated.getvalue().strip().rsplit("password=", 1)[1]
-    assert len(password) >= 12 and client.login(username="demo", password=password)
+    # Axes (login throttling) needs the request passed to authenticate(), as the real login view does.
+    assert len(password) >= 12 and client.login(request=HttpRequest(), username="demo", password=password)
 
 
 def test_groups_survive_a_flush(transactional_db: None) -> None:
