@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -45,21 +46,41 @@ def kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+# All a phone's agent gets from the host: finding programs, the locale and the time zone. Nothing else
+# passes — the lab runs beside the platform (in docker-compose with DJANGO_SECRET_KEY, DATABASE_URL and
+# REDIS_URL in its environment), and a phone runs whatever program it is sent.
+HOST_PASSTHROUGH = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "TZ")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Single-threaded maths: many phones share the host's cores.
+SINGLE_THREADED = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "TORCH_NUM_THREADS": "1",
+}
+
+
+def host_environment(host: Mapping[str, str]) -> dict[str, str]:
+    """The allowlisted part of the host's environment, single-threaded maths added: what the zygote
+    starts with (a forked child's /proc/self/environ still shows its parent's start-up environment) and
+    the base of every agent's."""
+    env = {name: host[name] for name in HOST_PASSTHROUGH if name in host}
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.update(SINGLE_THREADED)
+    return env
+
+
 def agent_environment(
-    base: dict[str, str], *, slowdown: float, behaviour: str, serial: str, home: Path
+    host: Mapping[str, str], *, slowdown: float, behaviour: str, serial: str, home: Path
 ) -> dict[str, str]:
-    """The child's environment: the host's, single-threaded maths (many phones share two cores), and
-    what the agent reads about its phone."""
-    env = dict(base)
+    """The child's whole environment, built from an allowlist: host_environment(host), and what the
+    agent reads about its phone (FEDFLEET_SLOWDOWN, FEDFLEET_BEHAVIOUR, FEDFLEET_PHONE_SERIAL)."""
+    env = host_environment(host)
     env.update(
         {
             "FEDFLEET_SLOWDOWN": repr(float(slowdown)),
             "FEDFLEET_BEHAVIOUR": behaviour,
             "FEDFLEET_PHONE_SERIAL": serial,
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "TORCH_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",  # output reaches the host line by line, as the platform relays it live
             "HOME": str(home),
             "TMPDIR": str(home / "data" / "local" / "tmp"),

@@ -18,7 +18,14 @@ import socket
 import sys
 from pathlib import Path
 
-from devices.virtual.runner import READ_CHUNK, AgentLaunch, Output, SubprocessRunner, kill_group
+from devices.virtual.runner import (
+    READ_CHUNK,
+    AgentLaunch,
+    Output,
+    SubprocessRunner,
+    host_environment,
+    kill_group,
+)
 
 log = logging.getLogger(__name__)
 SERVER_SCRIPT = Path(__file__).with_name("zygote_server.py")
@@ -47,8 +54,9 @@ class ZygoteRunner:
         if self._process is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(self._env if self._env is not None else os.environ)
-        env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+        # Never the host's whole environment: forked children inherit the zygote's start-up environment
+        # block (their /proc/self/environ), whatever os.environ they are given afterwards.
+        env = host_environment(self._env if self._env is not None else os.environ)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
