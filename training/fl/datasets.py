@@ -7,18 +7,25 @@ compared on the same test set must share it (the job's own seed drives selection
 Features keep their natural shape — digits are (1, 8, 8) images, Synthetic rows are (60,) vectors — and
 the models flatten as needed. Synthetic data carries `groups`: each training sample's device, which the
 "natural" partitioner uses.
+
+Plug-in packages add data sets through the `fedfleet.datasets` entry point (plugins.py): `DATASET_LOADERS`,
+`dataset_names()` and `load_dataset()` see them beside the built-ins (which they can never replace), and
+`dataset_declaration()` gives any data set's typed parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from training.fl import plugins
 from training.fl.dataset_types import Dataset, DatasetSplits
+from training.fl.plugins import DatasetDeclaration, Param
 
 SYNTHETIC_DEVICES = 30
 SYNTHETIC_DIMENSION = 60
@@ -158,22 +165,115 @@ def _load_recsys(
     )
 
 
-DATASET_LOADERS: dict[str, DatasetLoader] = {
+BUILTIN_DATASET_LOADERS: dict[str, DatasetLoader] = {
     "digits": load_digits,
     "synthetic": load_synthetic,
     "recsys": _load_recsys,  # CTR click logs for submodel jobs (FedSubAvg), ALGORITHMS.md §6
 }
+PARAM_TYPE_OF_DEFAULT = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+def plugin_datasets() -> plugins.Discovered[DatasetDeclaration]:
+    """The installed `fedfleet.datasets` plug-ins (read once per process), and why any were left out."""
+    return plugins.installed(plugins.DATASETS_GROUP, frozenset(BUILTIN_DATASET_LOADERS))
+
+
+class LoaderRegistry(MutableMapping[str, DatasetLoader]):
+    """name -> loader(seed=..., **params): the built-in loaders (the mutable part: other modules register
+    theirs here) followed by the installed plug-ins. A plug-in's loader validates its parameters against
+    the declaration and carries a signature listing them (keyword-only, with their defaults), so code
+    that reads parameters from a loader's signature sees a plug-in's like a built-in's."""
+
+    def __init__(self, builtins: dict[str, DatasetLoader]) -> None:
+        self._builtins = builtins
+
+    def __getitem__(self, name: str) -> DatasetLoader:
+        if name in self._builtins:
+            return self._builtins[name]
+        declaration = plugin_datasets().declarations.get(name)
+        if declaration is None:
+            raise KeyError(name)
+        return _plugin_loader(declaration)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._builtins
+        yield from sorted(set(plugin_datasets().declarations) - set(self._builtins))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __setitem__(self, name: str, loader: DatasetLoader) -> None:
+        self._builtins[name] = loader
+
+    def __delitem__(self, name: str) -> None:
+        del self._builtins[name]
+
+
+def _plugin_loader(declaration: DatasetDeclaration) -> DatasetLoader:
+    what = f"data set plug-in {declaration.name!r}"
+
+    def load(*, seed: int = 0, **params: Any) -> DatasetSplits:
+        values = declaration.validate(params)
+        splits = plugins.call_plugin(what, declaration.origin, declaration.load, seed=seed, **values)
+        if not isinstance(splits, DatasetSplits):
+            raise plugins.PluginError(
+                f"{what} ({declaration.origin}) returned {type(splits).__name__}, not DatasetSplits"
+            )
+        return splits
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    load.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("seed", keyword, default=0, annotation=int)]
+        + [inspect.Parameter(p.name, keyword, default=p.json_default()) for p in declaration.params],
+        return_annotation=DatasetSplits,
+    )
+    load.__doc__ = declaration.help or declaration.label
+    return load
+
+
+DATASET_LOADERS: LoaderRegistry = LoaderRegistry(BUILTIN_DATASET_LOADERS)
 
 
 def dataset_names() -> list[str]:
-    return sorted(DATASET_LOADERS)
+    """Built-in data sets, then installed plug-ins."""
+    return sorted(BUILTIN_DATASET_LOADERS) + sorted(
+        set(plugin_datasets().declarations) - set(BUILTIN_DATASET_LOADERS)
+    )
+
+
+def dataset_declaration(name: str) -> DatasetDeclaration:
+    """A data set's loader and typed parameters. A built-in's are read from its loader's keyword-only
+    parameters and their defaults (the type is the default's), so they cannot drift from the code."""
+    loader = BUILTIN_DATASET_LOADERS.get(name)
+    if loader is None:
+        found = plugin_datasets()
+        declaration = found.declarations.get(name)
+        if declaration is None:
+            raise found.unknown("data set", name, dataset_names())
+        return declaration
+    params = [
+        Param(p.name, PARAM_TYPE_OF_DEFAULT[type(p.default)], p.default)
+        for p in inspect.signature(loader).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and p.name != "seed"
+        and type(p.default) in PARAM_TYPE_OF_DEFAULT
+    ]
+    return DatasetDeclaration(name, loader, tuple(params), label=name, help=inspect.getdoc(loader) or "")
+
+
+def validate_dataset_params(
+    name: str, given: Mapping[str, Any], *, from_text: bool = False
+) -> dict[str, Any]:
+    """A job's data set parameters against the data set's declaration, defaults filled in (all problems
+    in one ParamError); what the form, the API and run_job call before a job exists."""
+    return dataset_declaration(name).validate(given, from_text=from_text)
 
 
 def load_dataset(name: str, *, seed: int = 0, **params: Any) -> DatasetSplits:
     try:
         loader = DATASET_LOADERS[name]
     except KeyError:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(dataset_names())}") from None
+        raise plugin_datasets().unknown("data set", name, dataset_names()) from None
     try:
         return loader(seed=seed, **params)
     except TypeError as exc:  # an unexpected parameter for this data set

@@ -7,6 +7,12 @@ keyword arguments.
 
 None of the models has buffers (no batch norm), so a model's `state_dict` is exactly its parameters and
 every entry is a float32 tensor — the convention `strategy.Weights` relies on.
+
+Every model declares its job parameters (`MODEL_PARAMS`: name, type, default, bounds, help), and plug-in
+packages add models through the `fedfleet.models` entry point (plugins.py). `model_names()`,
+`model_declaration()` and `build_model()` see built-ins and installed plug-ins alike; a plug-in can never
+replace a built-in. `validate_model_params` is the check the job form, the API and `run_job` share, and
+`spec_parameter_count` tells a model's size before a job launches.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.fl import plugins
+from training.fl.plugins import ModelDeclaration, Param
 from training.fl.strategy import Weights
 
 ModelFactory = Callable[..., nn.Module]
@@ -57,10 +65,16 @@ class MLP(nn.Module):
 
 
 class DigitsCNN(nn.Module):
-    """Two 3×3 convolutions, one 2×2 max-pool and two linear layers; sized for 8×8 single-channel images."""
+    """3×3 convolutions (one per entry of `channels`, ReLU after each), one 2×2 max-pool and two linear
+    layers (`fc_width` hidden units). The defaults — channels (16, 32), fc_width 64 — are the CNN every
+    job trained before the sizes became parameters, with the same parameter names."""
 
     def __init__(
-        self, input_shape: Sequence[int], num_classes: int, channels: Sequence[int] = (16, 32)
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (16, 32),
+        fc_width: int = 64,
     ) -> None:
         super().__init__()
         if len(input_shape) != 3:
@@ -70,19 +84,21 @@ class DigitsCNN(nn.Module):
         in_channels, height, width = (int(d) for d in input_shape)
         if height < 2 or width < 2:
             raise ValueError(f"cnn: images must be at least 2×2, got {height}×{width}")
-        c1, c2 = (int(c) for c in channels)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c1, c2, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-        )
+        sizes = [int(c) for c in channels]
+        if not sizes or any(c < 1 for c in sizes) or int(fc_width) < 1:
+            raise ValueError(
+                f"cnn: channels must be a non-empty list of positive sizes and fc_width positive, "
+                f"got {list(channels)} and {fc_width}"
+            )
+        layers: list[nn.Module] = []
+        for size in sizes:
+            layers += [nn.Conv2d(in_channels, size, kernel_size=3, padding=1), nn.ReLU()]
+            in_channels = size
+        self.features = nn.Sequential(*layers, nn.MaxPool2d(2), nn.Flatten())
         self.classifier = nn.Sequential(
-            nn.Linear(c2 * (height // 2) * (width // 2), 64),
+            nn.Linear(in_channels * (height // 2) * (width // 2), int(fc_width)),
             nn.ReLU(),
-            nn.Linear(64, num_classes),
+            nn.Linear(int(fc_width), num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,35 +157,118 @@ MODEL_REGISTRY: dict[str, ModelFactory] = {
     "ctr": ctr_model,  # CTR submodel jobs (recsys data set), ALGORITHMS.md §6
 }
 
+# The job parameters of each built-in model; the defaults are the sizes every job had before they were
+# parameters, so a job that sets none trains exactly what it trained before.
+MODEL_PARAMS: dict[str, tuple[Param, ...]] = {
+    "logreg": (),
+    "mlp": (
+        Param("hidden", "ints", (200, 200), min=1, max=4096, max_items=8, help="widths of the hidden layers"),
+    ),
+    "cnn": (
+        Param(
+            "channels", "ints", (16, 32), min=1, max=256, max_items=4, help="channels of each 3×3 convolution"
+        ),
+        Param("fc_width", "int", 64, min=1, max=4096, help="width of the hidden linear layer"),
+    ),
+    "ctr": (
+        Param("emb_dim", "int", 16, min=1, max=256, help="embedding size of items and categories"),
+        Param("hidden", "ints", (64, 32), min=1, max=4096, max_items=8, help="widths of the scoring MLP"),
+        Param("attention_hidden", "int", 16, min=1, max=1024, help="width of the attention MLP"),
+        Param("pooling", "str", "attention", choices=("attention", "mean"), help="how the history is pooled"),
+        Param("init_std", "float", 0.05, min=1e-6, max=1.0, help="std dev of the initial embeddings"),
+    ),
+}
+MODEL_LABELS = {
+    "logreg": "Logistic regression",
+    "mlp": "MLP",
+    "cnn": "Small CNN",
+    "ctr": "CTR (embeddings + MLP)",
+}
+# Keywords a model takes from its data set (DatasetSplits.model_kwargs), not from the job.
+MODEL_DATA_KWARGS: dict[str, frozenset[str]] = {"ctr": frozenset(CTR_TABLE_SIZES.values())}
 
-def register_model(name: str, factory: ModelFactory) -> None:
+
+def register_model(name: str, factory: ModelFactory, params: Sequence[Param] = ()) -> None:
     if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not factory:
         raise ValueError(f"model {name!r} is already registered")
     MODEL_REGISTRY[name] = factory
+    if params or name not in MODEL_PARAMS:
+        MODEL_PARAMS[name] = tuple(params)
+
+
+def plugin_models() -> plugins.Discovered[ModelDeclaration]:
+    """The installed `fedfleet.models` plug-ins (read once per process), and why any were left out."""
+    return plugins.installed(plugins.MODELS_GROUP, frozenset(MODEL_REGISTRY))
 
 
 def model_names() -> list[str]:
-    return sorted(MODEL_REGISTRY)
+    """Built-in models, then installed plug-ins."""
+    return sorted(MODEL_REGISTRY) + sorted(set(plugin_models().declarations) - set(MODEL_REGISTRY))
+
+
+def model_declaration(name: str) -> ModelDeclaration:
+    """A model's builder, parameters, label and origin (built-in or the plug-in's distribution)."""
+    if name in MODEL_REGISTRY:
+        return ModelDeclaration(
+            name,
+            MODEL_REGISTRY[name],
+            MODEL_PARAMS.get(name, ()),
+            label=MODEL_LABELS.get(name, name),
+            data_kwargs=MODEL_DATA_KWARGS.get(name, frozenset()),
+        )
+    found = plugin_models()
+    declaration = found.declarations.get(name)
+    if declaration is None:
+        raise found.unknown("model", name, model_names())
+    return declaration
+
+
+def validate_model_params(name: str, given: Mapping[str, Any], *, from_text: bool = False) -> dict[str, Any]:
+    """A job's model parameters, checked against the model's declaration, defaults filled in (all
+    problems in one ParamError). This is what the form, the API and run_job call before a job exists."""
+    return model_declaration(name).validate(given, from_text=from_text)
 
 
 def build_model(
     name: str, *, input_shape: Sequence[int], num_classes: int, seed: int | None = None, **kwargs: Any
 ) -> nn.Module:
-    """Build a registered model; with `seed`, its initial weights are reproducible (global RNG untouched)."""
-    try:
-        factory = MODEL_REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}") from None
+    """Build a registered model; with `seed`, its initial weights are reproducible (global RNG untouched).
+
+    A plug-in model's parameters are validated against its declaration first, and a failure of its code
+    becomes a PluginError naming it; built-in factories check their own arguments."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if not input_shape or any(int(d) < 1 for d in input_shape):
         raise ValueError(f"input_shape must be a non-empty list of positive sizes, got {list(input_shape)}")
     shape = tuple(int(d) for d in input_shape)
+    factory = MODEL_REGISTRY.get(name)
+    if factory is None:
+        factory = _plugin_factory(model_declaration(name), kwargs)
+        kwargs = {}
     if seed is None:
         return factory(shape, num_classes, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return factory(shape, num_classes, **kwargs)
+
+
+def _plugin_factory(declaration: ModelDeclaration, kwargs: Mapping[str, Any]) -> ModelFactory:
+    """A factory that builds the plug-in's model with `kwargs` validated, and checks what it returns."""
+    data = {k: v for k, v in kwargs.items() if k in declaration.data_kwargs}
+    params = declaration.validate({k: v for k, v in kwargs.items() if k not in declaration.data_kwargs})
+    what = f"model plug-in {declaration.name!r}"
+
+    def factory(shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        model = plugins.call_plugin(
+            what, declaration.origin, declaration.build, shape, num_classes, **data, **params
+        )
+        if not isinstance(model, nn.Module):
+            raise plugins.PluginError(
+                f"{what} ({declaration.origin}) returned {type(model).__name__}, not a torch module"
+            )
+        return model
+
+    return factory
 
 
 def model_spec_for(
@@ -223,3 +322,14 @@ def initial_weights(spec: Mapping[str, Any], seed: int) -> Weights:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def spec_parameter_count(spec: Mapping[str, Any]) -> int:
+    """How many parameters the model of `spec` has, without allocating its weights: the model is built on
+    PyTorch's meta device (shapes only), so a 100M-parameter spec is sized before anyone launches it.
+    A plug-in whose constructor cannot run on the meta device is built for real instead."""
+    try:
+        with torch.device("meta"):
+            return count_parameters(build_model_from_spec(spec))
+    except (NotImplementedError, RuntimeError):  # an operation without a meta kernel, in a plug-in
+        return count_parameters(build_model_from_spec(spec))
