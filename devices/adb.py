@@ -6,10 +6,17 @@
         for line in phone.stream_lines(f"{quote(py)} agent.pyz train r1", timeout_s=600): ...
         phone.push(Path("model.safetensors"), work_dir + "model.safetensors", progress=on_progress)
 
-Errors: AdbError and its five subclasses below; every adb-shell, socket and protocol exception is mapped
+Errors: AdbError and its subclasses below; every adb-shell, socket and protocol exception is mapped
 to one of them. After DeviceOffline, DeviceTimeout or a broken transfer the connection is closed (its
 state is unknown); later calls raise DeviceOffline, so callers reconnect. CommandFailed and a missing
 remote file leave the connection usable. An AdbConnection is for one thread at a time.
+
+Bounds: nothing a phone sends can make us hold or write more than a fixed amount. A pull stops at its
+byte limit (max_bytes, else DEFAULT_MAX_PULL_BYTES) however many bytes STAT announced and the phone then
+sends; a FAIL message is at most SYNC_FAIL_MAX bytes; shell() output is at most MAX_SHELL_OUTPUT_BYTES
+(OutputTooLarge); a stream_lines() line is at most MAX_LINE_BYTES (a longer one is cut, see there); and
+packets for streams we are not reading are kept up to MAX_STRAY_PACKETS. Past a bound the connection is
+closed: the phone is still sending, so the stream is out of step.
 
 Speed: adb-shell's own loops are used, with three hot spots replaced — TCP_NODELAY (2-4x on loopback),
 payload checksums summed by numpy instead of Python's sum() (which alone caps a transfer near 100 MB/s),
@@ -18,7 +25,6 @@ and payloads read with recv_into into one buffer instead of many small reads.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import functools
 import os
@@ -43,6 +49,7 @@ from adb_shell import adb_device, constants
 from adb_shell import exceptions as adb_errors
 from adb_shell.adb_message import AdbMessage, unpack
 from adb_shell.auth.sign_cryptography import CryptographySigner
+from adb_shell.hidden_helpers import _AdbPacketStore
 from adb_shell.transport.tcp_transport import TcpTransport
 
 from devices.adb_identity import AdbIdentity, platform_identity
@@ -54,6 +61,7 @@ __all__ = [
     "DeviceOffline",
     "DeviceTimeout",
     "DeviceUnauthorized",
+    "OutputTooLarge",
     "RemoteFileMissing",
     "RemoteFileTooLarge",
     "RemoteStat",
@@ -100,12 +108,19 @@ class RemoteFileMissing(TransferFailed):
 
 
 class RemoteFileTooLarge(TransferFailed):
-    """A file to pull is over the caller's limit (nothing was transferred; the connection is still usable)."""
+    """A file to pull is over the caller's limit. Found by STAT: nothing was transferred and the connection
+    is still usable. Found mid-transfer (the phone sent more than the limit, whatever STAT said): the
+    transfer was cut off at the limit, nothing was written, and the connection is closed. `size` is what
+    STAT said in the first case, and at least the bytes that came in the second."""
 
     def __init__(self, message: str, *, remote: str, size: int) -> None:
         super().__init__(message)
         self.remote = remote
         self.size = size
+
+
+class OutputTooLarge(AdbError):
+    """A command printed more than shell() keeps; the connection is closed (the phone is still sending)."""
 
 
 class CommandFailed(AdbError):
@@ -164,6 +179,15 @@ def quote(arg: str) -> str:
 
 _VERSION_CHECKSUMMED = 0x01000000
 _VERSION_SKIP_CHECKSUM = 0x01000001
+
+# --- bounds on what a phone can make us hold (see the module docstring) ---------------------------
+DEFAULT_MAX_PULL_BYTES = 1 << 31  # a pull with no limit of its own (sync v1 sizes are u32 anyway)
+SYNC_FAIL_MAX = 64 * 1024  # adbd's FAIL reasons are one line of text
+MAX_SHELL_OUTPUT_BYTES = 16 * 1024 * 1024  # telemetry and file listings are kilobytes
+MAX_LINE_BYTES = 64 * 1024  # an agent's progress line is ~200 bytes
+# We read one stream at a time; only a few packets for other streams can legitimately be waiting
+# (late OKAYs, a CLSE crossing ours).
+MAX_STRAY_PACKETS = 64
 
 
 # --- fast transport -------------------------------------------------------------------------------
@@ -238,6 +262,20 @@ class _Transport(TcpTransport):
                 views[0] = views[0][sent:]
 
 
+class _BoundedPacketStore(_AdbPacketStore):
+    """adb-shell keeps each packet for a stream other than the one being read until someone reads it; a
+    phone sending packets for streams nobody reads would fill our memory. Past MAX_STRAY_PACKETS waiting,
+    the connection is dropped (InvalidResponseError is fatal, see _FATAL_ERRORS)."""
+
+    def put(self, arg0: int, arg1: int, cmd: bytes, data: bytes) -> None:
+        waiting = sum(queue_.qsize() for streams in self._dict.values() for queue_ in streams.values())
+        if waiting >= MAX_STRAY_PACKETS:
+            raise adb_errors.InvalidResponseError(
+                f"more than {MAX_STRAY_PACKETS} packets for streams that are not being read"
+            )
+        super().put(arg0, arg1, cmd, data)
+
+
 class _IOManager(adb_device._AdbIOManager):
     """adb-shell's packet I/O with a fast checksum and single-buffer payload reads (same wire format).
 
@@ -253,6 +291,7 @@ class _IOManager(adb_device._AdbIOManager):
 
     def __init__(self, transport: Any) -> None:
         super().__init__(transport)
+        self._packet_store = _BoundedPacketStore()
         self.early_ack: set[int] = set()
         self.version: int | None = None  # the phone's, known from its CNXN
 
@@ -338,6 +377,14 @@ class _RemoteFailure(Exception):
     """The phone answered a sync request with FAIL (e.g. a missing file); the stream is still in step."""
 
 
+class _PullOverLimit(Exception):
+    """The phone sent more file data than the pull's limit; the rest is still on its way (out of step)."""
+
+    def __init__(self, at_least: int) -> None:
+        super().__init__(at_least)
+        self.at_least = at_least
+
+
 class _SyncStream:
     """One `sync:` stream driven over adb-shell's packet layer (its open/read/OKAY/close primitives).
 
@@ -410,6 +457,10 @@ class _SyncStream:
     def reply(self) -> tuple[bytes, int]:
         request_id, value = _SYNC_HEADER.unpack(self.receive(_SYNC_HEADER.size))
         if request_id == b"FAIL":
+            if value > SYNC_FAIL_MAX:  # receive() would otherwise wait for (and hold) up to 4 GiB
+                raise adb_errors.InvalidResponseError(
+                    f"a FAIL reply of {value} bytes (at most {SYNC_FAIL_MAX})"
+                )
             raise _RemoteFailure(bytes(self.receive(value)).decode("utf-8", errors="replace"))
         return request_id, value
 
@@ -438,9 +489,12 @@ class _SyncStream:
         if request_id != b"OKAY":
             raise adb_errors.InvalidResponseError(f"unexpected {request_id!r} after a push")
 
-    def pull(self, remote: bytes, sink: Any, progress: Callable[[int], None]) -> None:
+    def pull(self, remote: bytes, sink: Any, progress: Callable[[int], None], *, limit: int) -> None:
+        """RECV remote into sink; _PullOverLimit as soon as the DATA announced would pass `limit` bytes
+        (before that chunk is read), whatever the phone's STAT said."""
         self.send(_SYNC_HEADER.pack(b"RECV", len(remote)) + remote)
         writer = _BackgroundWriter(sink)
+        received = 0
         try:
             while True:
                 request_id, length = self.reply()
@@ -450,7 +504,10 @@ class _SyncStream:
                     raise adb_errors.InvalidResponseError(
                         f"unexpected {request_id!r} ({length} bytes) in a pull"
                     )
+                if received + length > limit:
+                    raise _PullOverLimit(received + length)
                 self.receive_into(writer, length)
+                received += length
                 progress(length)
         finally:
             writer.close()
@@ -578,17 +635,29 @@ class AdbConnection:
         return self._closed
 
     # --- commands ------------------------------------------------------------------------------
-    def shell(self, command: str, *, timeout_s: float = 30.0) -> str:
-        """Output (stdout and stderr merged) of a command; its exit status is not checked."""
-        with self._errors("shell", timeout_s):
-            output = self._device.shell(
-                command,
-                transport_timeout_s=timeout_s,
-                read_timeout_s=timeout_s,
-                timeout_s=timeout_s,
-                decode=False,
-            )
-        return bytes(output).decode("utf-8", errors="replace")
+    def shell(self, command: str, *, timeout_s: float = 30.0, max_bytes: int = MAX_SHELL_OUTPUT_BYTES) -> str:
+        """Output (stdout and stderr merged) of a command; its exit status is not checked. More than
+        `max_bytes` of output raises OutputTooLarge and closes the connection (which stops the command)."""
+        self._require_open()
+        output = bytearray()
+        finished = False
+        try:
+            with self._errors("shell", timeout_s):
+                deadline = time.monotonic() + timeout_s
+                chunks = self._device.streaming_shell(
+                    command, transport_timeout_s=timeout_s, read_timeout_s=timeout_s, decode=False
+                )
+                for chunk in chunks:
+                    output += chunk
+                    if len(output) > max_bytes:
+                        raise OutputTooLarge(f"{command!r} printed more than {max_bytes} bytes")
+                    if time.monotonic() > deadline:  # USB has no transport deadline; TCP stops sooner
+                        raise DeviceTimeout(f"{command!r} did not finish within {timeout_s} s")
+            finished = True
+        finally:
+            if not finished:
+                self.close()
+        return output.decode("utf-8", errors="replace")
 
     def run(self, command: str, *, timeout_s: float = 30.0) -> str:
         """Like shell(), but raises CommandFailed when the command's exit status is not 0."""
@@ -608,11 +677,14 @@ class AdbConnection:
 
     def stream_lines(self, command: str, *, timeout_s: float) -> Iterator[str]:
         """Complete output lines (no trailing newline) as the phone produces them; the whole command must
-        finish within timeout_s. Leaving the loop early closes the connection, which stops the command."""
+        finish within timeout_s. Leaving the loop early closes the connection, which stops the command.
+
+        A line is at most MAX_LINE_BYTES: one that reaches it without a newline is yielded at once, cut
+        there, and the rest of it, up to the next newline, is dropped — so output without newlines cannot
+        grow our memory, and a consumer parsing lines (JSON) sees a cut line as malformed."""
         self._require_open()
         finished = False
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
+        splitter = _LineSplitter(MAX_LINE_BYTES)
         try:
             with self._errors("stream", timeout_s):
                 deadline = time.monotonic() + timeout_s
@@ -620,15 +692,12 @@ class AdbConnection:
                     command, transport_timeout_s=timeout_s, read_timeout_s=timeout_s, decode=False
                 )
                 for chunk in chunks:
-                    pending += decoder.decode(bytes(chunk))
-                    *lines, pending = pending.split("\n")
-                    for line in lines:
-                        yield line.removesuffix("\r")
+                    for line in splitter.feed(bytes(chunk)):
+                        yield _decode_line(line)
                     if time.monotonic() > deadline:
                         raise DeviceTimeout(f"{command!r} did not finish within {timeout_s} s")
-            pending += decoder.decode(b"", final=True)
-            if pending:
-                yield pending.removesuffix("\r")
+            for line in splitter.finish():
+                yield _decode_line(line)
             finished = True
         finally:
             if not finished:
@@ -677,11 +746,12 @@ class AdbConnection:
         remote: str,
         local: Path,
         *,
+        max_bytes: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         timeout_s: float = 120.0,
     ) -> int:
         """Fetch a remote file into `local` (written under a temporary name, renamed when complete)."""
-        return self.pull_files([(remote, local)], progress=progress, timeout_s=timeout_s)
+        return self.pull_files([(remote, local)], max_bytes=max_bytes, progress=progress, timeout_s=timeout_s)
 
     def pull_files(
         self,
@@ -694,20 +764,25 @@ class AdbConnection:
         """Fetch (remote, local) files over one sync stream and return the bytes received.
 
         Every file is STATed before any is fetched: a missing one raises RemoteFileMissing and one larger
-        than `max_bytes` RemoteFileTooLarge, before anything is transferred or written (the connection
-        stays usable). Each file is written under a temporary name and renamed when complete."""
+        than `max_bytes` (default DEFAULT_MAX_PULL_BYTES) RemoteFileTooLarge, before anything is
+        transferred or written (the connection stays usable). STAT is the phone's word only: a phone that
+        then sends more than `max_bytes` is cut off at the limit with RemoteFileTooLarge too, and the
+        connection is closed. Each file is written under a temporary name and renamed when complete, so
+        a broken or cut-off pull leaves no file (nor a partial one) at `local`."""
+        limit = DEFAULT_MAX_PULL_BYTES if max_bytes is None else max_bytes
         partials = [Path(local).with_name(f".{Path(local).name}.{os.getpid()}.partial") for _, local in files]
         try:
             with self._errors("pull", timeout_s, transfer=True):
                 stream = _SyncStream(self._device, timeout_s)
                 try:
-                    sizes = [self._checked_size(stream, remote, max_bytes) for remote, _ in files]
+                    sizes = [self._checked_size(stream, remote, limit) for remote, _ in files]
                     report = _running_total(progress, sum(sizes))
-                    for (remote, _), partial in zip(files, partials, strict=True):
+                    for (remote, _), partial, size in zip(files, partials, sizes, strict=True):
                         with partial.open("wb") as sink:
-                            stream.pull(remote.encode(), sink, report)
+                            self._pull_one(stream, remote, sink, report, limit=limit, announced=size)
                 except (_RemoteFailure, RemoteFileMissing, RemoteFileTooLarge):
-                    stream.close()
+                    if not self._closed:
+                        stream.close()
                     raise
                 stream.close()
             received = 0
@@ -722,13 +797,34 @@ class AdbConnection:
                     partial.unlink()
         return received
 
-    def _checked_size(self, stream: _SyncStream, remote: str, max_bytes: int | None) -> int:
+    def _pull_one(
+        self,
+        stream: _SyncStream,
+        remote: str,
+        sink: Any,
+        report: Callable[[int], None],
+        *,
+        limit: int,
+        announced: int,
+    ) -> None:
+        try:
+            stream.pull(remote.encode(), sink, report, limit=limit)
+        except _PullOverLimit as over:
+            self.close()  # the phone is still sending: the stream (and so the connection) is out of step
+            raise RemoteFileTooLarge(
+                f"pull on {self.target.address}: {remote} sent more than the {limit}-byte limit (its STAT said "
+                f"{announced} bytes); cut off, connection closed",
+                remote=remote,
+                size=over.at_least,
+            ) from None
+
+    def _checked_size(self, stream: _SyncStream, remote: str, max_bytes: int) -> int:
         mode, size, mtime = stream.stat(remote.encode())
         if mode == 0 and size == 0 and mtime == 0:
             raise RemoteFileMissing(
                 f"pull on {self.target.address}: {remote}: No such file or directory", remote=remote
             )
-        if max_bytes is not None and size > max_bytes:
+        if size > max_bytes:
             raise RemoteFileTooLarge(
                 f"pull on {self.target.address}: {remote} is {size} bytes, over the {max_bytes}-byte limit",
                 remote=remote,
@@ -787,6 +883,44 @@ class AdbConnection:
         finally:
             if self._transport is not None:
                 self._transport.deadline = None
+
+
+class _LineSplitter:
+    """Splits a byte stream into lines of at most `limit` bytes (newlines removed). A line that reaches
+    the limit is handed out at once, cut there; its rest, up to the next newline, is dropped."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._pending = bytearray()  # the current line so far, always shorter than the limit
+        self._dropping = False  # inside the rest of a line that was cut
+
+    def feed(self, data: bytes) -> list[bytes]:
+        pieces = data.split(b"\n")
+        lines: list[bytes] = []
+        for index, piece in enumerate(pieces):
+            ended = index < len(pieces) - 1  # every piece but the last was followed by a newline
+            if not self._dropping:
+                room = self._limit - len(self._pending)
+                self._pending += piece[:room]
+                if len(piece) >= room:
+                    lines.append(bytes(self._pending))
+                    self._pending.clear()
+                    self._dropping = True
+                elif ended:
+                    lines.append(bytes(self._pending))
+                    self._pending.clear()
+            if ended:
+                self._dropping = False
+        return lines
+
+    def finish(self) -> list[bytes]:
+        """The last line when the stream ended without a newline."""
+        line, self._pending = bytes(self._pending), bytearray()
+        return [line] if line else []
+
+
+def _decode_line(line: bytes) -> str:
+    return line.decode("utf-8", errors="replace").removesuffix("\r")
 
 
 @contextlib.contextmanager
