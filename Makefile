@@ -25,6 +25,8 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	# The layout's contracts (pyproject.toml): web -> analysis -> engine -> jobs, pure fl/agent, devices apart.
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

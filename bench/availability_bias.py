@@ -31,7 +31,7 @@ Setup
 
 Reported per algorithm (from the rows the platform recorded): final accuracy; the mean, standard deviation
 and peak-to-peak of the accuracy over the last full cycle (2 × phase_rounds committed rounds) — the
-oscillation; the availability bias from training.availability_report (mean TV distance per round, on the
+oscillation; the availability bias from training.analysis.availability (mean TV distance per round, on the
 algorithm's own basis: this round's reporters for FedAvg, every phone's latest update for FedLaAvg, plus
 the reporters basis for both); and the realised phases (which group was online, for how many rounds).
 Expected (the paper): FedAvg oscillates toward whichever half is online; FedLaAvg is ahead and steadier.
@@ -133,7 +133,7 @@ def realised_phases(report: Any, groups_by_client: dict[str, int]) -> list[list[
 
 
 def summarise(job: Any, groups: list[int], cycle: int) -> dict[str, Any]:
-    from training import availability_report  # noqa: PLC0415
+    from training.analysis import availability as availability_report  # noqa: PLC0415
     from training.models import RoundStatus  # noqa: PLC0415
 
     committed = list(job.rounds.filter(status=RoundStatus.COMMITTED).order_by("number"))

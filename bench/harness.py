@@ -186,9 +186,9 @@ class BenchLab:
         `on_poll(job)` runs every `poll_s` seconds with the fresh row (e.g. to turn the scenario by rounds)."""
         from django.contrib.auth import get_user_model  # noqa: PLC0415
 
-        from training.job_config import parse_job_config  # noqa: PLC0415
+        from training.jobs.config import parse_job_config  # noqa: PLC0415
+        from training.jobs.services import create_job, resume_job  # noqa: PLC0415
         from training.models import Job  # noqa: PLC0415
-        from training.services import create_job, resume_job  # noqa: PLC0415
 
         owner, _ = get_user_model().objects.get_or_create(username="bench")
         job = create_job(owner, parse_job_config(config))

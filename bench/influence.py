@@ -121,8 +121,8 @@ def round_trip(job: Any) -> dict[str, Any]:
 def exact_loo(job: Any, timeout_s: float = 1800) -> Any:
     from django.contrib.auth import get_user_model  # noqa: PLC0415
 
+    from training.analysis.loo import request_exact_leave_one_out  # noqa: PLC0415
     from training.models import AnalysisRun  # noqa: PLC0415
-    from training.services import request_exact_leave_one_out  # noqa: PLC0415
 
     owner, _ = get_user_model().objects.get_or_create(username="bench")
     run = request_exact_leave_one_out(job, owner)

@@ -6,7 +6,7 @@ Runs, one after another on the same lab and data (recsys click logs, one user pe
 embeddings, same initial model), for `--rounds` rounds each: FedSubAvg on plain submodels (privacy
 preset "none": each phone asks for exactly its own rows), FedAvg on the full CTR model, and FedSubAvg
 with the platform's default privacy preset; then the other presets (`--presets`, default "whole_union")
-for `--preset-rounds` rounds. Every figure is read from what the platform recorded (submodel_report.py):
+for `--preset-rounds` rounds. Every figure is read from what the platform recorded (training/analysis/submodel.py):
 bytes per phone per round are the platform's own transfer counts of the round's payloads (union when it
 is sent + submodel + configs down; request + sparse update + result up), not counting the one-off
 agent/shard push.
@@ -61,8 +61,8 @@ def job_config(args: argparse.Namespace, algorithm: str, rounds: int, privacy: s
 
 
 def summarise(job: Any, wall_s: float) -> dict[str, Any]:
+    from training.analysis.submodel import job_report  # noqa: PLC0415
     from training.models import RoundStatus  # noqa: PLC0415
-    from training.submodel_report import job_report  # noqa: PLC0415
 
     report = job_report(job) or {}
     report.pop("figures", None)

@@ -30,6 +30,6 @@ def _open_to_drf_auth(patterns: list[Any]) -> list[Any]:
 
 urlpatterns = _open_to_drf_auth(list(router.urls))
 # Other apps contribute plain `urlpatterns` in <app>/api.py (also marked login_not_required there).
-for _module in ("training.api",):
+for _module in ("training.web.api",):
     if importlib.util.find_spec(_module) is not None:
         urlpatterns += importlib.import_module(_module).urlpatterns

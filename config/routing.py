@@ -12,7 +12,7 @@ import importlib.util
 from collections.abc import Iterable
 from typing import Any
 
-WEBSOCKET_ROUTE_MODULES: tuple[str, ...] = ("devices.routing", "training.routing")
+WEBSOCKET_ROUTE_MODULES: tuple[str, ...] = ("devices.routing", "training.web.routing")
 
 
 def _module_exists(name: str) -> bool:

@@ -16,5 +16,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
-if importlib.util.find_spec("training.urls") is not None:
-    urlpatterns.append(path("jobs/", include("training.urls")))
+if importlib.util.find_spec("training.web.urls") is not None:
+    urlpatterns.append(path("jobs/", include("training.web.urls")))

@@ -2,20 +2,26 @@ from django.apps import AppConfig
 
 
 class TrainingConfig(AppConfig):
+    """The composition root of the training app: it wires the rooms together once every app is loaded
+    (app modules may only touch models then), so none of them has to import the ones above it."""
+
     default_auto_field = "django.db.models.BigAutoField"
     name = "training"
     verbose_name = "Federated training"
 
     def ready(self) -> None:
-        # Imported here: app modules may only touch models once every app is loaded.
         from devices.extensions import register_device_panel  # noqa: PLC0415
-        from training import device_panel, scaffold_notes  # noqa: PLC0415
-        from training.signals import round_committed  # noqa: PLC0415
+        from training.analysis import tasks as analysis_tasks  # noqa: F401, PLC0415
+        from training.analysis.hooks import enqueue_round_analysis  # noqa: PLC0415
+        from training.engine import scaffold_notes  # noqa: PLC0415
+        from training.engine import tasks as engine_tasks  # noqa: F401, PLC0415
+        from training.jobs.signals import round_committed  # noqa: PLC0415
+        from training.web import device_panel  # noqa: PLC0415
 
+        # The task modules register their tasks with Celery here, in every process (web, workers,
+        # commands): training/jobs/dispatch.py sends them by name.
         # The device page shows the phone's federated jobs without devices importing training.
         register_device_panel(device_panel.participation_panel)
         round_committed.connect(scaffold_notes.note_ci_resets, dispatch_uid="training.scaffold_ci_resets")
         # Client influence and the declared backdoor test, after every committed round (training queue).
-        from training.analysis.hooks import enqueue_round_analysis  # noqa: PLC0415
-
         round_committed.connect(enqueue_round_analysis, dispatch_uid="training.analysis.rounds")

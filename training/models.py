@@ -44,7 +44,7 @@ class Job(models.Model):
     name = models.CharField(max_length=120)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
     status = models.CharField(max_length=12, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    # The validated job configuration (training/job_config.py); the main fields are copied to columns
+    # The validated job configuration (training/jobs/config.py); the main fields are copied to columns
     # so lists can filter and sort without reading JSON.
     config = models.JSONField()
     algorithm = models.CharField(max_length=32)
@@ -181,7 +181,7 @@ class Round(models.Model):
     bytes_down = models.BigIntegerField(default=0)
     bytes_up = models.BigIntegerField(default=0)
     reason = models.CharField(max_length=200, blank=True)
-    # Each participant's availability when selection ran (device id -> state; see engine.Selection);
+    # Each participant's availability when selection ran (device id -> state; see engine/selection.py);
     # with the ClientResults it is the raw material of the availability heatmap.
     availability = models.JSONField(default=dict)
 

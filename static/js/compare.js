@@ -1,4 +1,4 @@
-// The compare page: draw the overlaid accuracy curves (figure built by training/charts.py), and as the
+// The compare page: draw the overlaid accuracy curves (figure built by training/web/charts/job.py), and as the
 // target accuracy changes, move the target line and recount "rounds to target" from the curves themselves
 // (the same rule as charts.rounds_to_target: the first committed round at or above the target).
 

@@ -1,5 +1,5 @@
 // The live job dashboard: load snapshot.json over HTTP (job, rounds, current round's phones, log, and the
-// Plotly figures built server-side by training/charts.py), draw it, then apply `ws/jobs/<id>/` events.
+// Plotly figures built server-side by training/web/charts/), draw it, then apply `ws/jobs/<id>/` events.
 // On every (re)connect the snapshot is loaded again, and a committed round refetches it once, so the charts
 // gain points without a page reload and nothing is missed while the socket was down. Events that arrive
 // while a snapshot is loading are held and applied after it. Text from phones and users is only ever set

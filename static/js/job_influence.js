@@ -1,4 +1,4 @@
-// The job dashboard's client-influence section, drawn from snapshot.influence (training/analysis/snapshot.py).
+// The job dashboard's client-influence section, drawn from snapshot.influence (training/web/influence_section.py).
 // The figures themselves are drawn by job_dashboard.js's renderFigures; this module shows or hides their
 // boxes (before they are drawn, so Plotly measures a visible container), fills the ranked table with
 // exclude/include buttons for operators, and lists the exact leave-one-out runs. Text from phones and users

@@ -20,7 +20,7 @@ from devices.adb_identity import AdbIdentity, load_or_create_identity
 from tests.conftest import ManagedProcess, VirtualLab, make_user, wait_until
 from tests.training.test_engine_integration import launch, register, wait_for_job
 from tests.virtual.conftest import free_base_port
-from training import availability_report
+from training.analysis import availability as availability_report
 from training.models import JobStatus
 
 REPO = Path(__file__).resolve().parents[2]

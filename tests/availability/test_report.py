@@ -1,5 +1,5 @@
 """Availability figures are computed from recorded rows: the heatmap grid, participation against data
-share and the availability bias, checked by hand on fixed records (training.availability_report, pure)."""
+share and the availability bias, checked by hand on fixed records (training.analysis.availability, pure)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import math
 
 import pytest
 
-from training import charts
-from training.availability_report import (
+from training.analysis.availability import (
     PhoneInfo,
     RoundRecord,
     build_report,
     cell_state,
     latest_represented,
-    report_figures,
     shown_attempts,
 )
+from training.web.charts import availability as availability_charts
+from training.web.charts import job as charts
+from training.web.charts.availability import report_figures
 
 # Three phones: a holds class 0 only, b class 1 only, c both (2 + 2); population = [6, 6] → (0.5, 0.5).
 PHONES = [
@@ -130,7 +131,7 @@ def test_figures_built_from_the_report() -> None:
     figures = report_figures(build_report(RECORDS, PHONES, algorithm="fedavg"))
     assert set(figures) == {"availability_heatmap", "participation", "availability_bias"}
     heatmap = figures["availability_heatmap"]["data"][0]
-    code = {key: i for i, (key, _, _) in enumerate(charts.AVAILABILITY_STATES)}
+    code = {key: i for i, (key, _, _) in enumerate(availability_charts.AVAILABILITY_STATES)}
     assert heatmap["y"] == ["a", "b", "c"] and heatmap["x"] == [1, 2, 3]
     assert heatmap["z"][0] == [code["reported"], code["busy"], code["selected"]]
     assert heatmap["text"][1][0] == "Offline"
@@ -145,7 +146,7 @@ def test_figures_built_from_the_report() -> None:
 
 
 def test_heatmap_colour_scale_is_discrete_and_covers_every_state() -> None:
-    scale = charts.discrete_colorscale(["#000", "#111", "#222"])
+    scale = availability_charts.discrete_colorscale(["#000", "#111", "#222"])
     assert scale == [
         [0, "#000"],
         [1 / 3, "#000"],
@@ -154,17 +155,17 @@ def test_heatmap_colour_scale_is_discrete_and_covers_every_state() -> None:
         [2 / 3, "#222"],
         [1, "#222"],
     ]
-    figure = charts.availability_heatmap_figure(["p"], [1, 2], [["idle", None]])
+    figure = availability_charts.availability_heatmap_figure(["p"], [1, 2], [["idle", None]])
     trace = figure["data"][0]
-    idle = [key for key, _, _ in charts.AVAILABILITY_STATES].index("idle")
+    idle = [key for key, _, _ in availability_charts.AVAILABILITY_STATES].index("idle")
     assert trace["z"] == [[idle, None]] and trace["text"] == [
         ["Idle (available, not selected)", "not recorded"]
     ]
-    assert (trace["zmin"], trace["zmax"]) == (-0.5, len(charts.AVAILABILITY_STATES) - 0.5)
+    assert (trace["zmin"], trace["zmax"]) == (-0.5, len(availability_charts.AVAILABILITY_STATES) - 0.5)
     with pytest.raises(ValueError, match="unknown"):
-        charts.availability_heatmap_figure(["p"], [1], [["asleep"]])
+        availability_charts.availability_heatmap_figure(["p"], [1], [["asleep"]])
     with pytest.raises(ValueError, match="one row per label"):
-        charts.availability_heatmap_figure(["p", "q"], [1], [["idle"]])
+        availability_charts.availability_heatmap_figure(["p", "q"], [1], [["idle"]])
 
 
 def test_bytes_chart_shows_the_strategy_payload_when_reported() -> None:

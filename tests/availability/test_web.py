@@ -15,8 +15,9 @@ from devices import extensions
 from devices.extensions import DevicePanel, panels_for, register_device_panel, unregister_device_panel
 from devices.models import Device
 from tests.training.web_factories import add_client, make_device, make_job, make_round, operator, viewer  # noqa: F401
-from training import device_panel, scaffold_notes
+from training.engine import scaffold_notes
 from training.models import Job, JobLogEntry, Participant
+from training.web import device_panel
 
 pytestmark = pytest.mark.django_db
 
@@ -178,7 +179,7 @@ def test_scaffold_ci_reset_is_noted_in_the_job_log(operator: Any) -> None:
     from training.fl.scaffold import CI_RESET_METRIC  # noqa: PLC0415
 
     assert scaffold_notes.CI_RESET_METRIC == CI_RESET_METRIC
-    from training.signals import round_committed  # noqa: PLC0415
+    from training.jobs.signals import round_committed  # noqa: PLC0415
 
     assert any(key[0] == "training.scaffold_ci_resets" for key, *_ in round_committed.receivers)
     job = make_job(operator, name="scaffold", algorithm="scaffold")
@@ -217,7 +218,8 @@ def test_a_phone_nothing_answers_on_is_offline_not_released_as_online(operator: 
 
     from devices.models import DeviceStatus  # noqa: PLC0415
     from tests.conftest import free_port  # noqa: PLC0415
-    from training import client_runner, leases  # noqa: PLC0415
+    from training.engine import client as client_runner  # noqa: PLC0415
+    from training.jobs import leases
     from training.models import ClientResult, Round  # noqa: PLC0415
 
     job = make_job(operator, name="gone")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from training import engine
+from training.engine import jobdata
 
 
 @pytest.fixture(autouse=True)
@@ -22,9 +22,9 @@ def own_data_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Non
     torch.set_num_threads(1)  # tiny models on a shared 2-core machine: more threads only contend
     settings: Any = request.getfixturevalue("settings")
     settings.FEDFLEET_DATA_DIR = tmp_path / "data"
-    engine._DATA_CACHE.clear()
-    engine._TOTAL_CACHE.clear()
+    jobdata._DATA_CACHE.clear()
+    jobdata._TOTAL_CACHE.clear()
     yield
-    engine._DATA_CACHE.clear()
-    engine._TOTAL_CACHE.clear()
+    jobdata._DATA_CACHE.clear()
+    jobdata._TOTAL_CACHE.clear()
     torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """A small job's record written the way the round engine writes it, without phones or workers.
 
-engine.prepare_job writes the shards, Participant rows and the round-0 checkpoint; each round then goes
-through engine.write_payload (the config.json and global model a phone receives), the real client code
+prepare.prepare_job writes the shards, Participant rows and the round-0 checkpoint; each round then goes
+through configure.write_payload (the config.json and global model a phone receives), the real client code
 (`client_train`, what the agent runs, with a misbehaviour where asked), the update file, ClientResult rows,
 the job's own strategy for aggregation, and storage.save_checkpoint — so the analyses read exactly the
 files and rows a real job leaves. Used by the unit tests of the influence pipeline and the exact replay.
@@ -17,11 +17,12 @@ import torch
 from django.utils import timezone
 
 from devices.models import Device
-from training import engine, storage
+from training.engine import configure, jobdata, prepare
 from training.fl.client import HONEST, ClientTask, client_train
 from training.fl.evaluate import evaluate_weights
 from training.fl.strategy import ClientUpdate
 from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors, save_tensors
+from training.jobs import storage
 from training.models import ClientResult, ClientState, Job, Participant, Round, RoundStatus
 
 from ..training.web_factories import make_device, make_job
@@ -45,7 +46,7 @@ def tiny_job(owner: Any, phones: int = 4, **config: Any) -> Job:
         **config,
     }
     job = make_job(owner, status="queued", **settings)
-    engine.prepare_job(job.pk)
+    prepare.prepare_job(job.pk)
     job.refresh_from_db()
     assert job.participants.count() == phones, job.error
     return job
@@ -63,12 +64,12 @@ def record_round(
 ) -> Round:
     """Run and commit round `number` with the named phones (default: all), as the engine would."""
     behaviours = dict(behaviours or {})
-    config = engine.job_config(job)
+    config = jobdata.job_config(job)
     participants = list(job.participants.select_related("device").order_by("client_index"))
     if reporters is not None:
         participants = [p for p in participants if p.device.name in reporters]
     state = storage.load_checkpoint(job.pk, number - 1)
-    strategy = engine.job_strategy(job, config)
+    strategy = jobdata.job_strategy(job, config)
     rnd = Round.objects.create(
         job=job,
         number=number,
@@ -79,13 +80,13 @@ def record_round(
         deadline_at=timezone.now(),
     )
     plan = strategy.configure(
-        state, number, [str(p.device_id) for p in participants], engine.base_agent_config(config)
+        state, number, [str(p.device_id) for p in participants], configure.base_agent_config(config)
     )
     by_device = {p.device_id: p for p in participants}
     updates = []
     for instructions in plan:
         participant: Participant = by_device[int(instructions.client_id)]
-        engine.write_payload(job, rnd, participant, instructions.tensors, instructions.config)
+        configure.write_payload(job, rnd, participant, instructions.tensors, instructions.config)
         directory = storage.client_round_dir(job.pk, number, 1, participant.device_id)
         sent = json.loads((directory / "config.json").read_text())
         shard = load_tensors(storage.shard_path(job.pk, participant.client_index), max_bytes=1 << 30)
@@ -110,8 +111,8 @@ def record_round(
         )
         updates.append(ClientUpdate(str(participant.device_id), result.num_samples, result.upload(), metrics))
     new_state, metrics = strategy.aggregate(state, number, updates, [])
-    x, y = engine._job_data(job, config).test.x, engine._job_data(job, config).test.y
-    evaluation = evaluate_weights(engine._model_spec_cached(job, config), new_state.weights, x, y)
+    x, y = jobdata.job_data(job, config).test.x, jobdata.job_data(job, config).test.y
+    evaluation = evaluate_weights(jobdata.cached_model_spec(job, config), new_state.weights, x, y)
     storage.save_checkpoint(
         job.pk, number, new_state, {"accuracy": evaluation.accuracy, "loss": evaluation.loss}
     )

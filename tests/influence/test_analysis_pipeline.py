@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from training import storage
 from training.analysis.context import job_context
 from training.analysis.influence import analyse_job, load_tracker, round_entries
+from training.jobs import storage
 from training.models import ClientInfluence, Exclusion, Job, JobLogEntry, Participant, RoundAnalysis
 
 from ..training.web_factories import operator  # noqa: F401 - fixture

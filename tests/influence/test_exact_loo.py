@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from training import services
 from training.analysis import loo
 from training.analysis.context import job_context
 from training.analysis.influence import analyse_job
 from training.analysis.replay import RecordAnchoredReplay
 from training.fl.strategy import ClientUpdate
+from training.jobs import services
 from training.models import AnalysisRun, AnalysisStatus, JobLogEntry
 
 from ..training.web_factories import operator  # noqa: F401 - fixture
@@ -93,7 +93,7 @@ def test_too_big_a_job_is_refused_with_the_reason(operator: Any, monkeypatch: py
     message = loo.refusal(job) or ""
     assert "3 phones × 6 recorded updates" in message and "10" in message
     with pytest.raises(services.JobActionError, match="over the limit"):
-        services.request_exact_leave_one_out(job, operator)
+        loo.request_exact_leave_one_out(job, operator)
     assert not AnalysisRun.objects.exists()
 
 

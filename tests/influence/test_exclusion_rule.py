@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from training.analysis.exclusion import ExclusionPolicy, choose_exclusions
-from training.job_config import parse_job_config
+from training.jobs.config import parse_job_config
 
 POLICY = ExclusionPolicy(warmup_rounds=3, max_fraction=0.3, floor=6)
 INFLUENCE = {

@@ -12,9 +12,9 @@ import torch
 from accounts.roles import OPERATORS
 from tests.browser_support import ARTIFACTS, browser, logged_in_page, save_screenshot  # noqa: F401
 from tests.conftest import make_user
-from training import tasks
 from training.analysis import loo
 from training.analysis.influence import analyse_job
+from training.engine import tasks
 from training.models import AnalysisRun, Job, JobStatus
 
 from .recorded_job import record_rounds, tiny_job

@@ -24,9 +24,9 @@ from tests.conftest import (
     start_process,
     wait_until,
 )
-from training.job_config import parse_job_config
+from training.jobs.config import parse_job_config
+from training.jobs.services import create_job
 from training.models import ClientInfluence, JobStatus, RoundAnalysis
-from training.services import create_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

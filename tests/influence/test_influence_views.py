@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from training import tasks
+from training.analysis import tasks
 from training.analysis.influence import analyse_job
 from training.models import AnalysisRun, Exclusion, Job, Participant
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from training.forms import JobForm
-from training.job_config import DEFAULTS, JobConfigError, parse_job_config
+from training.jobs.config import DEFAULTS, JobConfigError, parse_job_config
+from training.web.forms import JobForm
 
 
 def errors_of(**data: Any) -> dict[str, str]:

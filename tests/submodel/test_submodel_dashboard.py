@@ -10,9 +10,11 @@ from django.urls import reverse
 from accounts.roles import VIEWERS
 from tests.conftest import make_user
 from tests.training import web_factories as web
-from training import storage, submodel_charts, submodel_report
-from training.job_config import parse_job_config
-from training.services import create_job
+from training.analysis import submodel as submodel_report
+from training.jobs import storage
+from training.jobs.config import parse_job_config
+from training.jobs.services import create_job
+from training.web.charts import submodel as submodel_charts
 
 FULL = 6_500_000
 

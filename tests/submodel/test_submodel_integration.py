@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ManagedProcess, VirtualLab, wait_until
 from tests.training.test_engine_integration import committed_numbers, launch, register
-from training import storage
+from training.jobs import storage
 from training.models import ClientResult, ClientState, JobStatus, RoundStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from training import submodel_rounds
+from training.engine import submodel_rounds
 from training.fl.datasets import load_dataset
 from training.fl.evaluate import evaluate_weights
 from training.fl.fedsubavg import FedSubAvg, fedsubavg_client_request
 from training.fl.nets import initial_weights, model_spec_for, submodel_spec
 from training.fl.strategy import ServerState
 from training.fl.wire import load_tensors
-from training.job_config import JobConfigError, parse_job_config
+from training.jobs.config import JobConfigError, parse_job_config
 
 SUBMODEL_JOB = {
     "dataset": "recsys",

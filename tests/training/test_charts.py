@@ -7,7 +7,7 @@ from typing import Any
 import plotly.graph_objects as go
 import pytest
 
-from training import charts
+from training.web.charts import job as charts
 
 
 def make_round(

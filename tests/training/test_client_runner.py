@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from training.client_runner import EXIT_MARKER, parse_agent_output
+from training.engine.runtimes.agent_output import EXIT_MARKER, parse_agent_output
 
 
 class Recorder:

@@ -18,9 +18,9 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 
-from training.consumers import CLOSE_UNAUTHENTICATED, CLOSE_UNKNOWN_JOB, JobConsumer
-from training.events import send_job_event
+from training.jobs.events import send_job_event
 from training.models import Job
+from training.web.consumers import CLOSE_UNAUTHENTICATED, CLOSE_UNKNOWN_JOB, JobConsumer
 
 from .web_factories import make_job, operator, viewer  # noqa: F401 - fixtures
 

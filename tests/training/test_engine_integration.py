@@ -18,10 +18,11 @@ from devices import tasks as device_tasks
 from devices.models import Device, DeviceStatus
 from devices.services import register_or_update_device
 from tests.conftest import ManagedProcess, VirtualLab, _start_worker, make_user, wait_until
-from training import engine, storage
-from training.job_config import parse_job_config
+from training.engine import watchdog
+from training.jobs import storage
+from training.jobs.config import parse_job_config
+from training.jobs.services import create_job
 from training.models import ClientResult, ClientState, Job, JobStatus, Round, RoundStatus
-from training.services import create_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -248,7 +249,7 @@ def test_worker_killed_mid_round_resumes_without_losing_or_repeating_rounds(
     try:
         # Beat's watchdog re-drives rounds whose tasks died; the test plays beat.
         job = wait_for_job(
-            job, (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PAUSED), tick=Every(engine.watchdog, 2.0)
+            job, (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.PAUSED), tick=Every(watchdog.watchdog, 2.0)
         )
     finally:
         victim.process = replacement.process
@@ -263,7 +264,7 @@ def test_worker_killed_mid_round_resumes_without_losing_or_repeating_rounds(
 def test_pause_finishes_the_round_then_resume_and_cancel(
     celery_worker: dict[str, ManagedProcess], virtual_phones: Callable[..., VirtualLab]
 ) -> None:
-    from training.services import JobActionError, cancel_job, pause_job, resume_job
+    from training.jobs.services import JobActionError, cancel_job, pause_job, resume_job
 
     register(virtual_phones(3, seed=61), "pause")
     job = launch("pause", rounds=6, clients_per_round=2)

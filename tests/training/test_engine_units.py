@@ -11,8 +11,9 @@ from django.utils import timezone
 
 from devices.models import DeviceStatus
 from tests.training.web_factories import add_client, make_device, make_job, make_round, operator  # noqa: F401
-from training import engine
-from training.models import ClientResult, ClientState, Job, JobStatus, Participant, RoundStatus
+from training.engine import closing, prepare, rounds, watchdog
+from training.jobs import storage
+from training.models import ClientResult, ClientState, Job, JobStatus, Participant, Round, RoundStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple]]:
     """Record what the engine would enqueue (unit tests have no broker)."""
-    from training import tasks  # noqa: PLC0415
+    from training.engine import tasks  # noqa: PLC0415
 
     sent: list[tuple[str, tuple]] = []
     for name in ("start_job", "start_round", "close_round", "run_client"):
@@ -57,12 +58,12 @@ def _round_with(states: list[str], *, goal: int, job: Any) -> Any:
 )
 def test_round_ready_to_close(operator: Any, states: list[str], goal: int, ready: bool) -> None:  # noqa: F811
     rnd = _round_with(states, goal=goal, job=make_job(operator))
-    assert engine.round_ready_to_close(rnd) is ready
+    assert closing.round_ready_to_close(rnd) is ready
 
 
 def test_stragglers_are_marked_late_with_the_reason(operator: Any) -> None:  # noqa: F811
     rnd = _round_with(["reported", "reported", "reported", "training"], goal=2, job=make_job(operator))
-    engine._mark_stragglers(rnd)
+    closing._mark_stragglers(rnd)
     states = sorted(rnd.client_results.values_list("state", "reason"))
     assert [s for s, _ in states].count(ClientState.REPORTED) == 2
     late = [r for s, r in states if s == ClientState.LATE]
@@ -75,14 +76,14 @@ def test_aggregation_crash_abandons_the_round_with_the_reason(
     no_broker: list,
 ) -> None:
     rnd = _round_with(["reported"], goal=1, job=make_job(operator))
-    engine.Round.objects.filter(pk=rnd.pk).update(status=RoundStatus.AGGREGATING)
+    Round.objects.filter(pk=rnd.pk).update(status=RoundStatus.AGGREGATING)
     rnd.refresh_from_db()
 
     def boom(_rnd: Any) -> None:
         raise ValueError("tensors do not line up")
 
-    monkeypatch.setattr(engine, "_aggregate_round", boom)
-    engine._aggregate(rnd)
+    monkeypatch.setattr(closing, "_aggregate_round", boom)
+    closing._aggregate(rnd)
     rnd.refresh_from_db()
     assert rnd.status == RoundStatus.ABANDONED
     assert rnd.reason == "aggregation failed: ValueError: tensors do not line up"
@@ -91,8 +92,8 @@ def test_aggregation_crash_abandons_the_round_with_the_reason(
 
 def test_preparation_crash_fails_the_job(operator: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     job = make_job(operator, status=JobStatus.QUEUED)
-    monkeypatch.setattr(engine, "_prepare_job", lambda job_id: 1 / 0)
-    engine.prepare_job(job.pk)
+    monkeypatch.setattr(prepare, "_prepare_job", lambda job_id: 1 / 0)
+    prepare.prepare_job(job.pk)
     job.refresh_from_db()
     assert job.status == JobStatus.FAILED
     assert "ZeroDivisionError" in job.error
@@ -104,11 +105,9 @@ def test_selection_crash_pauses_the_job_and_frees_its_phones(
 ) -> None:
     job = make_job(operator)
     phone = make_device("leased", status=DeviceStatus.BUSY, lease_job_id=job.pk)
-    monkeypatch.setattr(
-        engine.storage, "load_checkpoint", lambda *a: (_ for _ in ()).throw(OSError("disk gone"))
-    )
+    monkeypatch.setattr(storage, "load_checkpoint", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
     Participant.objects.create(job=job, device=phone, client_index=0, num_samples=10, shard_sha256="0" * 64)
-    engine.start_round(job.pk)
+    rounds.start_round(job.pk)
     job.refresh_from_db()
     phone.refresh_from_db()
     assert job.status == JobStatus.PAUSED
@@ -119,9 +118,9 @@ def test_selection_crash_pauses_the_job_and_frees_its_phones(
 def test_watchdog_redrives_rounds_past_their_deadline(operator: Any, no_broker: list) -> None:  # noqa: F811
     job = make_job(operator)
     rnd = make_round(job, 1, status=RoundStatus.TRAINING)
-    engine.Round.objects.filter(pk=rnd.pk).update(deadline_at=timezone.now() - timedelta(minutes=5))
+    Round.objects.filter(pk=rnd.pk).update(deadline_at=timezone.now() - timedelta(minutes=5))
     idle = make_job(operator, name="no round yet")
-    engine.watchdog()
+    watchdog.watchdog()
     assert ("close_round", (rnd.pk,)) in no_broker
     assert ("start_round", (idle.pk,)) in no_broker
 
@@ -131,7 +130,7 @@ def test_training_pool_processes_import_the_data_set_libraries_when_they_start(
 ) -> None:
     from celery.signals import worker_process_init
 
-    from training import tasks
+    from training.engine import tasks
 
     imported: list[str] = []
     monkeypatch.setattr(tasks.importlib, "import_module", imported.append)
@@ -146,7 +145,8 @@ def test_a_finished_job_clears_its_files_from_each_of_its_phones(
     monkeypatch: pytest.MonkeyPatch,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    from training import services, tasks
+    from training.engine import tasks
+    from training.jobs import services
 
     job = make_job(operator)
     phones = [make_device("clean-a"), make_device("clean-b", worker_queue="devices.lab-2")]
@@ -163,7 +163,7 @@ def test_a_finished_job_clears_its_files_from_each_of_its_phones(
 
 @pytest.mark.django_db
 def test_a_phone_that_does_not_answer_keeps_the_files_and_the_job_log_says_so(operator: Any) -> None:  # noqa: F811
-    from training import client_runner
+    from training.engine import client as client_runner
 
     job = make_job(operator, status=JobStatus.COMPLETED)
     phone = make_device("gone-phone")  # nothing listens on its port
@@ -177,7 +177,7 @@ def test_a_phone_that_worked_through_its_jobs_cancellation_is_cleaned_again_afte
     operator: Any,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from training import client_runner
+    from training.engine import client as client_runner
 
     job = make_job(operator)
     phone = make_device("racing-phone")

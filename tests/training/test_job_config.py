@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from training.job_config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
+from training.jobs.config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
 
 
 def errors_of(data: Any) -> dict[str, str]:

@@ -14,8 +14,8 @@ from django.test import Client
 from django.urls import reverse
 from safetensors.torch import load_file, save_file
 
-from training import storage
-from training.job_config import DEFAULTS
+from training.jobs import storage
+from training.jobs.config import DEFAULTS
 from training.models import Job, JobStatus
 
 from .web_factories import (  # noqa: F401 - fixtures
@@ -260,7 +260,8 @@ def test_dashboard_page_wires_the_live_script(operator: Any, job_with_rounds: Jo
 
 
 def test_operator_pauses_resumes_and_cancels(operator: Any, job_with_rounds: Job, monkeypatch: Any) -> None:
-    from training import leases, tasks
+    from training.engine import tasks
+    from training.jobs import leases
 
     monkeypatch.setattr(tasks.start_round, "delay_on_commit", lambda job_id: None)
     monkeypatch.setattr(leases, "release_job", lambda job_id: None)

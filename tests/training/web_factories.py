@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.roles import OPERATORS, VIEWERS, ensure_role_groups
 from devices.models import Device, DeviceStatus, Tag
-from training.job_config import DEFAULTS
+from training.jobs.config import DEFAULTS
 from training.models import ClientResult, Job, JobLogEntry, Round
 
 _ports = itertools.count(41000)
@@ -101,7 +101,7 @@ def viewer(db: None) -> Any:
 @pytest.fixture
 def queued_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record start_job instead of queueing it on Celery (there is no broker in unit tests)."""
-    from training import tasks  # noqa: PLC0415
+    from training.engine import tasks  # noqa: PLC0415
 
     started: list[int] = []
     monkeypatch.setattr(tasks.start_job, "delay_on_commit", lambda job_id: started.append(job_id))

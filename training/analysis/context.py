@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from training import storage
 from training.fl.datasets import DatasetSplits, load_dataset
 from training.fl.nets import build_model_from_spec, count_parameters, model_spec_for
 from training.fl.strategy import Weights
 from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors
-from training.job_config import INFLUENCE_ALGORITHMS, JobConfig, parse_job_config
+from training.jobs import storage
+from training.jobs.config import INFLUENCE_ALGORITHMS, JobConfig, parse_job_config
 from training.models import ClientState, Job, Round, RoundStatus
 
 # "auto" turns influence on for models up to this size: ε is a (clients × parameters) float64 matrix

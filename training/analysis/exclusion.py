@@ -8,7 +8,7 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from training.job_config import JobConfig
+from training.jobs.config import JobConfig
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from training.analysis.influence import should_analyse
+from training.jobs import dispatch
 from training.models import Job
 
 
 def enqueue_round_analysis(sender: Any, *, round_id: int, job_id: int, **kwargs: Any) -> None:
-    from training import tasks  # noqa: PLC0415 - tasks import the engine
-    from training.analysis.influence import should_analyse  # noqa: PLC0415
-
     config = Job.objects.filter(pk=job_id).values_list("config", flat=True).first()
     if config is not None and should_analyse(config):
-        tasks.analyse_rounds.delay(job_id)
+        dispatch.analyse_rounds(job_id)

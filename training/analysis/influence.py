@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from django.db import transaction
 
-from training import services, storage
 from training.analysis.context import (
     JobAnalysisContext,
     RecordedRound,
@@ -44,12 +43,13 @@ from training.analysis.context import (
     recorded_round,
 )
 from training.analysis.exclusion import ExclusionPolicy, choose_exclusions
-from training.events import send_job_event
 from training.fl.influence import FISHER_SOURCE, InfluenceConfig, InfluenceTracker, RoundCost
 from training.fl.misbehaviour import Trigger, backdoor_success_rate
 from training.fl.nets import build_model_from_spec, set_weights
 from training.fl.wire import save_tensors
-from training.job_config import INFLUENCE_ALGORITHMS
+from training.jobs import services, storage
+from training.jobs.config import INFLUENCE_ALGORITHMS
+from training.jobs.events import send_job_event
 from training.models import (
     ClientInfluence,
     Exclusion,

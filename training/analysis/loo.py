@@ -15,17 +15,20 @@ from typing import Any
 
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from training import services
 from training.analysis.context import job_context
 from training.analysis.influence import AnalysisBusy, analyse_job
 from training.analysis.replay import DEFINITION, RecordAnchoredReplay, ReplayResult
-from training.events import send_job_event
 from training.fl.loo import compare
-from training.job_config import INFLUENCE_ALGORITHMS, parse_job_config
+from training.jobs import dispatch, services
+from training.jobs.config import INFLUENCE_ALGORITHMS, parse_job_config
+from training.jobs.events import send_job_event
 from training.models import (
+    AnalysisKind,
     AnalysisRun,
     AnalysisStatus,
     ClientInfluence,
@@ -230,3 +233,31 @@ def _finish(
     )
     run.refresh_from_db()
     send_job_event(run.job_id, "analysis.updated", run=run.snapshot())
+
+
+def request_exact_leave_one_out(job: Job, by: AbstractBaseUser) -> AnalysisRun:
+    """Queue the exact leave-one-out replay of the job's committed rounds (small jobs only)."""
+    problem = refusal(job)
+    if problem:
+        raise services.JobActionError(problem)
+    with transaction.atomic():
+        busy = job.analysis_runs.filter(
+            kind=AnalysisKind.EXACT_LOO, status__in=(AnalysisStatus.QUEUED, AnalysisStatus.RUNNING)
+        ).first()
+        if busy is not None:
+            raise services.JobActionError(f"exact leave-one-out run #{busy.pk} is {busy.status} already")
+        run = AnalysisRun.objects.create(
+            job=job,
+            kind=AnalysisKind.EXACT_LOO,
+            params={"round": job.committed_rounds},
+            requested_by=by,
+            message="queued",
+        )
+        services.log(
+            job.pk,
+            f"exact leave-one-out of rounds 1–{job.committed_rounds} requested by {by.get_username()} "
+            f"(run #{run.pk})",
+        )
+        send_job_event(job.pk, "analysis.updated", run=run.snapshot())
+        dispatch.exact_leave_one_out_on_commit(run.pk)
+    return run

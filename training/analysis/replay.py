@@ -37,14 +37,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from training import storage
 from training.analysis.context import JobAnalysisContext, RecordedRound, RecordedUpdate, recorded_round
 from training.fl.client import HONEST, ClientTask, client_train
 from training.fl.evaluate import evaluate_weights
 from training.fl.registry import JobContext, make_strategy
 from training.fl.strategy import ClientUpdate, ServerState, Strategy, Weights
 from training.fl.wire import load_tensors
-from training.job_config import strategy_params
+from training.jobs import storage
+from training.jobs.config import strategy_params
 from training.models import Job
 
 SHARD_MAX_BYTES = 1 << 31

@@ -1,7 +1,7 @@
 """The small interface every federated strategy implements (after Flower's `Strategy`).
 
 A strategy is pure tensor maths: it never does I/O, never touches Django or ADB. The round engine
-(training/engine.py) owns I/O and calls these four methods in this order each round:
+(training/engine/) owns I/O and calls these four methods in this order each round:
 
     chosen   = strategy.select(state, round_no, available, goal, rng)
     plan     = strategy.configure(state, round_no, chosen)         # what each phone receives

@@ -21,9 +21,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count, Q
 
 from accounts.roles import is_operator
-from training import charts, services
-from training.job_config import JobConfig, JobConfigError, parse_job_config
+from training.jobs import services
+from training.jobs.config import JobConfig, JobConfigError, parse_job_config
 from training.models import ClientState, Job, JobStatus, Round, RoundStatus
+from training.web.charts import job as charts
 
 EXIT_INVALID = 2
 EXIT_NOT_COMPLETED = 1

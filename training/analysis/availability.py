@@ -14,7 +14,7 @@ else its state at selection; a phone chosen by the strategy but not leased (a pr
 another job got it first) is "not leased". A state the engine may add later and this module does not know is shown as
 "not recorded" rather than guessed.
 
-Display states (training.charts.AVAILABILITY_STATES) map onto training.fl.availability's core states for
+Display states (training.web.charts.availability.AVAILABILITY_STATES) map onto training.fl.availability's core states for
 the numbers: busy, not leased, ineligible and excluded phones were not available to the job, so they
 count as offline;
 a rejected update is a failed one. Participation counts every shown attempt; the bias only committed
@@ -30,13 +30,11 @@ not the data mix), so it counts as "reporters".
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from training import charts
 from training.fl import availability as core
 
 # The heatmap and its snapshot stay small: older rounds are left out of the figure (never of the numbers).
@@ -218,27 +216,6 @@ def build_report(
     )
 
 
-def report_figures(report: AvailabilityReport) -> dict[str, charts.Figure]:
-    """The dashboard's availability figures, keyed like its chart containers (`chart-<key>`)."""
-    labels = {p.client_id: p.label for p in report.phones}
-    title = "Availability per phone and round"
-    if report.hidden_rounds:
-        title += f" (last {len(report.rounds)} rounds)"
-    participation_rows = [
-        {**dataclasses.asdict(row), "label": labels.get(row.client_id, row.client_id)}
-        for row in report.participation
-    ]
-    return {
-        "availability_heatmap": charts.availability_heatmap_figure(
-            [p.label for p in report.phones], report.rounds, report.cells, title=title
-        ),
-        "participation": charts.participation_figure(participation_rows),
-        "availability_bias": charts.availability_bias_figure(
-            [dataclasses.asdict(b) for b in report.bias], basis=report.bias_basis
-        ),
-    }
-
-
 # --- Django: load the records ---------------------------------------------------------------------------
 def job_records(job: Any) -> list[RoundRecord]:
     """Every round attempt of a job with its availability snapshot and its phones' outcomes."""
@@ -294,8 +271,11 @@ class DeviceJobRow:
     participation_share: float | None  # its share of all updates the job aggregated
 
 
-def device_job_rows(device_id: int, *, limit: int = DEVICE_PANEL_JOBS) -> tuple[list[DeviceJobRow], Any]:
-    """This phone's participation in its latest `limit` jobs, and a jobs × rounds heatmap of its states."""
+def device_participation(
+    device_id: int, *, limit: int = DEVICE_PANEL_JOBS
+) -> tuple[list[DeviceJobRow], list[tuple[str, dict[int, str]]]]:
+    """This phone's participation in its latest `limit` jobs, and per job its display state by round
+    (the device panel draws those as a jobs × rounds heatmap)."""
     from django.db.models import Sum  # noqa: PLC0415
 
     from training.models import Participant  # noqa: PLC0415
@@ -331,15 +311,7 @@ def device_job_rows(device_id: int, *, limit: int = DEVICE_PANEL_JOBS) -> tuple[
             )
         )
         heat_rows.append((f"#{job.pk} {job.name}"[:40], mine))
-    rounds = sorted({r for _, states in heat_rows for r in states})[-MAX_HEATMAP_ROUNDS:]
-    figure = charts.availability_heatmap_figure(
-        [label for label, _ in heat_rows],
-        rounds,
-        [[states.get(r) for r in rounds] for _, states in heat_rows],
-        title="This phone in each job, round by round",
-        row_axis_title="Job",
-    )
-    return rows, figure
+    return rows, heat_rows
 
 
 def job_records_for_device(job: Any, device_id: int) -> list[RoundRecord]:

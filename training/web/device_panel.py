@@ -9,9 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from devices.extensions import DevicePanel
-from training.availability_report import DEVICE_PANEL_JOBS, device_job_rows
+from training.analysis.availability import DEVICE_PANEL_JOBS, DeviceJobRow, device_participation
+from training.web.charts.availability import device_heatmap_figure
+from training.web.charts.job import Figure
 
 TEMPLATE = "training/_device_participation.html"
+
+
+def device_job_rows(device_id: int) -> tuple[list[DeviceJobRow], Figure]:
+    """This phone's participation in its latest jobs, and a jobs × rounds heatmap of its states."""
+    rows, heat_rows = device_participation(device_id)
+    return rows, device_heatmap_figure(heat_rows)
 
 
 def participation_panel(device: Any) -> DevicePanel | None:

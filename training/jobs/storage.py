@@ -140,7 +140,7 @@ def phone_union_path(work_dir: str, job_id: int) -> str:
 
 
 def phone_rounds_dir(work_dir: str, job_id: int) -> str:
-    """Where a job's round dirs live on a phone; each round clears it first (client_runner)."""
+    """Where a job's round dirs live on a phone; each round clears it first (engine/runtimes)."""
     return posixpath.join(phone_job_dir(work_dir, job_id), "rounds")
 
 

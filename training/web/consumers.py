@@ -12,7 +12,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from training.events import job_group
+from training.jobs.events import job_group
 from training.models import Job
 
 CLOSE_UNAUTHENTICATED = 4401

@@ -20,10 +20,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.roles import is_operator
-from training import services
+from training.jobs import services
 from training.models import Job, JobStatus
-from training.serializers import JobConfigSerializer, JobSerializer
-from training.views import JOB_ACTIONS, snapshot_with_figures
+from training.web.serializers import JobConfigSerializer, JobSerializer
+from training.web.views import JOB_ACTIONS, snapshot_with_figures
 
 
 class IsOperatorOrReadOnly(BasePermission):

@@ -13,16 +13,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from training import leases, storage
-from training.events import send_job_event
-from training.job_config import JobConfig, parse_job_config
+from training.jobs import dispatch, leases, storage
+from training.jobs.config import JobConfig, parse_job_config
+from training.jobs.events import send_job_event
 from training.models import (
     FINISHED_JOB_STATUSES,
     IN_FLIGHT_STATES,
     OPEN_ROUND_STATUSES,
-    AnalysisKind,
-    AnalysisRun,
-    AnalysisStatus,
     ClientResult,
     ClientState,
     Exclusion,
@@ -74,7 +71,6 @@ def log(job_id: int, message: str, *, level: str = LogLevel.INFO, round_number: 
 
 def create_job(owner: AbstractBaseUser, config: JobConfig) -> Job:
     """Persist a validated job and queue its start once the row is committed."""
-    from training import tasks  # noqa: PLC0415 - tasks import services; keep the cycle lazy
 
     with transaction.atomic():
         job = Job.objects.create(
@@ -88,19 +84,18 @@ def create_job(owner: AbstractBaseUser, config: JobConfig) -> Job:
             clients_per_round=config.clients_per_round,
         )
         log(job.pk, f"job created by {owner.get_username()}")
-        tasks.start_job.delay_on_commit(job.pk)
+        dispatch.start_job_on_commit(job.pk)
     return job
 
 
 def _set_status(job: Job, new: str, *, allowed_from: tuple[str, ...], **fields: Any) -> bool:
-    from training import tasks  # noqa: PLC0415 - tasks import services; keep the cycle lazy
 
     updated = Job.objects.filter(pk=job.pk, status__in=allowed_from).update(status=new, **fields)
     if updated:
         job.refresh_from_db()
         send_job_event(job.pk, "job.status", job=job_summary(job))
         if new in FINISHED_JOB_STATUSES:  # however a job ends, its files leave its phones
-            tasks.dispatch_phone_cleanup(job.pk)
+            dispatch.clean_phones_on_commit(job.pk)
     return bool(updated)
 
 
@@ -116,13 +111,12 @@ def pause_job(job: Job, by: AbstractBaseUser) -> None:
 
 
 def resume_job(job: Job, by: AbstractBaseUser) -> None:
-    from training import tasks  # noqa: PLC0415
 
     with transaction.atomic():
         if not _set_status(job, JobStatus.RUNNING, allowed_from=(JobStatus.PAUSED,)):
             raise JobActionError(f"a {job.status} job cannot be resumed")
         log(job.pk, f"resumed by {by.get_username()}")
-        tasks.start_round.delay_on_commit(job.pk)
+        dispatch.start_round_on_commit(job.pk)
 
 
 def cancel_job(job: Job, by: AbstractBaseUser) -> None:
@@ -257,38 +251,6 @@ def include_participant(
     return True
 
 
-# --- on-demand analyses ---------------------------------------------------------------------------------
-def request_exact_leave_one_out(job: Job, by: AbstractBaseUser) -> AnalysisRun:
-    """Queue the exact leave-one-out replay of the job's committed rounds (small jobs only)."""
-    from training import tasks  # noqa: PLC0415
-    from training.analysis.loo import refusal  # noqa: PLC0415 - loads the data set: only when asked
-
-    problem = refusal(job)
-    if problem:
-        raise JobActionError(problem)
-    with transaction.atomic():
-        busy = job.analysis_runs.filter(
-            kind=AnalysisKind.EXACT_LOO, status__in=(AnalysisStatus.QUEUED, AnalysisStatus.RUNNING)
-        ).first()
-        if busy is not None:
-            raise JobActionError(f"exact leave-one-out run #{busy.pk} is {busy.status} already")
-        run = AnalysisRun.objects.create(
-            job=job,
-            kind=AnalysisKind.EXACT_LOO,
-            params={"round": job.committed_rounds},
-            requested_by=by,
-            message="queued",
-        )
-        log(
-            job.pk,
-            f"exact leave-one-out of rounds 1–{job.committed_rounds} requested by {by.get_username()} "
-            f"(run #{run.pk})",
-        )
-        send_job_event(job.pk, "analysis.updated", run=run.snapshot())
-        tasks.exact_leave_one_out.delay_on_commit(run.pk)
-    return run
-
-
 def job_snapshot(job: Job) -> dict[str, Any]:
     """Everything a dashboard needs to draw itself; events after it are applied on top."""
     rounds = list(job.rounds.order_by("number", "attempt"))
@@ -377,6 +339,5 @@ __all__ = [
     "include_participant",
     "log",
     "pause_job",
-    "request_exact_leave_one_out",
     "resume_job",
 ]

@@ -1,6 +1,6 @@
 """Plotly figures of submodel jobs (FedSubAvg and its full-model baseline), as plain dicts.
 
-Pure functions over plain rows (training/submodel_report.py builds them from the database): bytes each
+Pure functions over plain rows (training/analysis/submodel.py builds them from the database): bytes each
 phone moved per round against what the full model would have cost, the same per phone, and AUC per
 round. Byte axes are logarithmic: the point of submodels is a gap of one or two orders of magnitude.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from training.charts import Figure, _layout, _round_axis, byte_unit
+from training.web.charts.job import Figure, _layout, _round_axis, byte_unit
 
 DOWN_COLOUR, UP_COLOUR, FULL_COLOUR = "#26a69a", "#5c6bc0", "#e53935"
 
@@ -136,3 +136,14 @@ def auc_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
         yaxis2={"title": {"text": "Log-loss"}, "overlaying": "y", "side": "right"},
     )
     return {"data": data, "layout": layout}
+
+
+def report_figures(report: Mapping[str, Any]) -> dict[str, Figure]:
+    """The submodel section's figures from analysis/submodel.py's job report."""
+    full = report["full_model_bytes"]
+    auc_rows = report["auc_rows"]
+    return {
+        "submodel_bytes": round_bytes_figure(report["rounds"], full),
+        "submodel_phone_bytes": phone_bytes_figure(report["phones"], full),
+        "submodel_auc": auc_figure(auc_rows),
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training import services
+from training.jobs import services
 from training.models import ClientResult, ClientState, LogLevel, Round
 
 # training.fl.scaffold.CI_RESET_METRIC, spelled out: importing the strategy would load torch into every web

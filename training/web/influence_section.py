@@ -9,12 +9,12 @@ from typing import Any
 
 from django.urls import reverse
 
-from training.analysis import charts
 from training.analysis.context import job_context
 from training.analysis.influence import FISHER_NOTE
-from training.charts import Figure
 from training.fl.influence import InfluenceConfig
 from training.models import AnalysisKind, AnalysisRun, AnalysisStatus, ClientInfluence, Job, RoundAnalysis
+from training.web.charts import influence as charts
+from training.web.charts.job import Figure
 
 RUNS_SHOWN = 5
 AGGREGATOR_CAVEAT = (

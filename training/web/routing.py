@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training.consumers import JobConsumer
+from training.web.consumers import JobConsumer
 
 websocket_urlpatterns = [
     path("ws/jobs/<int:job_id>/", JobConsumer.as_asgi()),

@@ -1,6 +1,6 @@
 """Plotly figures for client influence and attacks, as plain dicts, from plain data (no Django).
 
-Styled like training/charts.py (same layout helper), so they sit on the dashboard beside its figures.
+Styled like training/web/charts/job.py (same layout helper), so they sit on the dashboard beside its figures.
 Colours: harm is red, help is blue, on every influence figure.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from training.charts import Figure, _layout, _round_axis
+from training.web.charts.job import Figure, _layout, _round_axis
 
 HARM = "#e53935"
 HELP = "#1e88e5"

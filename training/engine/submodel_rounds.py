@@ -1,7 +1,7 @@
 """The request step of submodel jobs (FedSubAvg, ALGORITHMS.md §6) on the platform's side.
 
 A strategy with `requires_index_request` cannot configure a phone before it knows which embedding rows
-that phone asks for. So a round of such a job goes (engine.py and client_runner.py call these helpers):
+that phone asks for. So a round of such a job goes (rounds.py, uploads.py and client.py call these helpers):
 
   start_round   every chosen phone gets the *request payload*: config.json = the job's config with the
                 privacy preset, naming the union U of ids (`<table>.union`) in the job's union file
@@ -11,7 +11,7 @@ that phone asks for. So a round of such a job goes (engine.py and client_runner.
                 stage memoised in the job's state dir on the phone), pull request.safetensors, check it
                 (`request_errors`: in U, sorted, unique, no bigger than U — else the phone is rejected
                 with the reason), record it in the server's round dir (`record_request`), then
-                `engine.configure_client` writes that phone's submodel download, which is pushed and
+                `uploads.configure_client` writes that phone's submodel download, which is pushed and
                 trained as in any job
   validation    `restore_requests` puts the recorded requests back into the strategy state, so an upload
                 is checked against *its own phone's* request — also after a worker restart, since the

@@ -24,7 +24,7 @@ from training.fl.index_privacy import PRESETS, per_round_epsilon
 from training.fl.nets import model_names
 from training.fl.registry import STRATEGIES
 from training.fl.robust import AGGREGATORS
-from training.job_config import (
+from training.jobs.config import (
     DEFAULTS,
     INFLUENCE_MODES,
     PARTITIONS,

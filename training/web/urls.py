@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training import views
+from training.web import views
 
 app_name = "training"
 

@@ -24,10 +24,16 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts.decorators import json_endpoint, operator_required
 from accounts.roles import is_operator
 from devices.models import Device, DeviceStatus
-from training import availability_report, charts, services, submodel_report
-from training.forms import JobForm
-from training.job_config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
+from training.analysis import availability as availability_report
+from training.analysis import loo
+from training.analysis import submodel as submodel_report
+from training.jobs import services
+from training.jobs.config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
 from training.models import Job, JobStatus
+from training.web.charts import availability as availability_charts
+from training.web.charts import job as charts
+from training.web.charts import submodel as submodel_charts
+from training.web.forms import JobForm
 
 JOBS_PER_PAGE = 50
 MAX_COMPARED_JOBS = 12
@@ -82,7 +88,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
 # --- new job --------------------------------------------------------------------------------------------
 def eligible_phone_count(config: JobConfig) -> int:
     """Phones that could join the job now; the same query the engine selects from."""
-    from training.engine import eligible_devices  # noqa: PLC0415 - the engine pulls in torch; only here
+    from training.engine.selection import eligible_devices  # noqa: PLC0415 - the engine pulls in torch; only here
 
     return len(eligible_devices(config))
 
@@ -187,22 +193,23 @@ def snapshot_with_figures(job: Job) -> dict[str, Any]:
 def add_availability(snapshot: dict[str, Any], job: Job) -> None:
     """The availability section: heatmap, participation and bias figures, plus their summary numbers."""
     report = availability_report.job_report(job)
-    snapshot["figures"].update(availability_report.report_figures(report))
+    snapshot["figures"].update(availability_charts.report_figures(report))
     snapshot["availability"] = report.summary()
 
 
 def add_influence(snapshot: dict[str, Any], job: Job) -> None:
     """The client-influence section (ranking, heatmap, attack success, exclusions, exact LOO runs)."""
-    from training.analysis.snapshot import add_to_snapshot  # noqa: PLC0415 - pulls in the analysis maths
+    from training.web.influence_section import add_to_snapshot  # noqa: PLC0415 - pulls in the analysis maths
 
     add_to_snapshot(job, snapshot)
 
 
 def add_submodel(snapshot: dict[str, Any], job: Job) -> None:
-    """Submodel jobs: bytes vs the full model, AUC per round, the privacy preset (submodel_report.py)."""
+    """Submodel jobs: bytes vs the full model, AUC per round, the privacy preset (analysis/submodel.py)."""
     report = submodel_report.job_report(job)
     if report is not None:
-        snapshot["figures"].update(report.pop("figures"))
+        snapshot["figures"].update(submodel_charts.report_figures(report))
+        report.pop("auc_rows")
         snapshot["submodel"] = report
 
 
@@ -255,7 +262,7 @@ def participant_exclusion(request: HttpRequest, pk: int, device_id: int, action:
 def run_exact_loo(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
     try:
-        run = services.request_exact_leave_one_out(job, request.user)
+        run = loo.request_exact_leave_one_out(job, request.user)
     except services.JobActionError as exc:
         messages.error(request, f"Exact leave-one-out not started: {exc}.")
     else:

@@ -9,10 +9,10 @@ from django.urls import reverse
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from training import services
-from training.job_config import JobConfig, JobConfigError, parse_job_config
+from training.jobs import services
+from training.jobs.config import JobConfig, JobConfigError, parse_job_config
 from training.models import Job
-from training.views import json_safe
+from training.web.views import json_safe
 
 
 class JobSerializer(serializers.Serializer):

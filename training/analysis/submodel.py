@@ -4,7 +4,7 @@ What it shows: bytes each phone moved per round (the request step included) agai
 would have cost, the same per phone over the job, test AUC per round, the index-privacy preset with its
 per-round ε next to the bytes it costs, and what the server can see today.
 
-Bytes come from `ClientResult.metrics` written by client_runner from the platform's own transfers:
+Bytes come from `ClientResult.metrics` written by engine/client.py from the platform's own transfers:
 `payload_bytes_down` (union for the request + the submodel + config) and `payload_bytes_up` (request +
 sparse update + result). `bytes_down`/`bytes_up` on the result also count the one-off agent and data
 shard pushes of a phone's first round, which say nothing about submodels. The full model's cost is the
@@ -18,9 +18,9 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from training import storage, submodel_charts
 from training.fl.index_privacy import PRESETS, expected_request_rows, per_round_epsilon, permanent_epsilon
-from training.job_config import SUBMODEL_ALGORITHMS, JobConfigError, parse_job_config
+from training.jobs import storage
+from training.jobs.config import SUBMODEL_ALGORITHMS, JobConfigError, parse_job_config
 from training.models import ClientResult, ClientState, Job, RoundStatus
 
 SERVER_VIEW = (
@@ -86,7 +86,8 @@ def _reported(job: Job) -> list[ClientResult]:
 
 
 def job_report(job: Job) -> dict[str, Any] | None:
-    """Rows, figures and summary numbers of the submodel section; None for other jobs."""
+    """Rows and summary numbers of the submodel section (web/charts/submodel.py draws them); None for
+    other jobs."""
     privacy = privacy_info(job)
     full = full_model_bytes(job)
     if privacy is None or full is None:
@@ -140,9 +141,5 @@ def job_report(job: Job) -> dict[str, Any] | None:
         "last_auc": auc_rows[-1]["auc"] if auc_rows else None,
         "rounds": round_rows,
         "phones": phone_rows,
-        "figures": {
-            "submodel_bytes": submodel_charts.round_bytes_figure(round_rows, full),
-            "submodel_phone_bytes": submodel_charts.phone_bytes_figure(phone_rows, full),
-            "submodel_auc": submodel_charts.auc_figure(auc_rows),
-        },
+        "auc_rows": auc_rows,
     }
