@@ -11,7 +11,8 @@ export DJANGO_DEBUG ?= 1
 
 .PHONY: demo test lint typecheck check pytest test-integration venv clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The example plug-in's pyproject.toml too: its entry points are read from the installed metadata.
+$(STAMP): requirements.txt requirements-dev.txt plugins/fedfleet_example/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch==2.13.0 resolves to the CPU wheel this machine keeps on disk (PIP_FIND_LINKS); see README.
 	$(BIN)/pip install --quiet -r requirements-dev.txt
