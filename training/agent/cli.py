@@ -2,6 +2,9 @@
 
     python agent.pyz train <round dir>     train one round (see runner.py)
     python agent.pyz request <round dir>   submodel jobs: write this round's index request (runner.py)
+    python agent.pyz serve --port P [--secret-file F] [--work-dir D]
+                                           the resident agent on the phone's loopback (serve.py; the
+                                           secret may come from $FEDFLEET_AGENT_SECRET instead)
     python agent.pyz version               {"event": "version", "version": ..., "sha256": ..., ...}
     python agent.pyz selftest              a tiny in-memory round through the real code path
 
@@ -27,7 +30,7 @@ from training.agent import AGENT_VERSION
 from training.agent.round_config import AgentError
 from training.agent.runner import emit, run_request, run_train
 
-USAGE = "usage: agent.pyz train <round dir> | request <round dir> | version | selftest"
+USAGE = "usage: agent.pyz train <round dir> | request <round dir> | serve --port P | version | selftest"
 
 
 def running_archive() -> Path | None:
@@ -94,6 +97,16 @@ def main(
             run_train(Path(argv[1]), stdout=out, environ=env, default_work_dir=default_work_dir())
         elif command == "request" and len(argv) == 2:
             run_request(Path(argv[1]), stdout=out, default_work_dir=default_work_dir())
+        elif command == "serve":
+            from training.agent.serve import serve_main  # noqa: PLC0415 - exec mode never loads the server
+
+            return serve_main(
+                list(argv[1:]),
+                stdout=out,
+                environ=env,
+                archive=running_archive(),
+                work_dir=default_work_dir(),
+            )
         elif command == "version" and len(argv) == 1:
             emit(out, "version", **version_info())
         elif command == "selftest" and len(argv) == 1:

@@ -9,6 +9,10 @@ Environment (set by the phone, not by the platform's config — a virtual phone 
 profile): FEDFLEET_SLOWDOWN = f ≥ 1 stretches training wall time by f (after each step the agent sleeps
 (f − 1) × that step's time), so a slower phone takes proportionally longer; FEDFLEET_BEHAVIOUR names a
 misbehaviour (default "honest").
+
+`agent.pyz serve` (serve.py) runs the same two functions in its long-lived process, with a cancel event
+checked after every step (a cancelled run raises TrainingCancelled and leaves no output files) and a
+shard loader that keeps the job's data in memory between rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +53,10 @@ from training.fl.nets import build_model_from_spec, is_ctr_spec, submodel_spec
 from training.fl.wire import InvalidUpdate, dumps_tensors, load_tensors, validate_update, write_bytes_atomic
 
 SLOWDOWN_ENV = "FEDFLEET_SLOWDOWN"
+
+
+class TrainingCancelled(AgentError):
+    """The run was cancelled (serve's cancel request) and stopped after its current step."""
 
 
 def emit(stream: TextIO, event: str, **fields: Any) -> None:
@@ -93,9 +102,11 @@ class _ProgressPrinter:
     slowdown: float
     sleep: Callable[[float], None] = time.sleep
     compute_s: float = 0.0  # time spent in SGD steps, excluding the slowdown sleeps
+    cancel: threading.Event | None = None  # set by serve's cancel request: stop after this step
 
     def __call__(self, p: Progress) -> None:
         self.compute_s += p.step_time_s
+        self.check_cancel(p.step)
         if p.step % self.every == 0 or p.step == p.steps:
             emit(
                 self.stream,
@@ -107,7 +118,19 @@ class _ProgressPrinter:
                 elapsed_s=p.elapsed_s,
             )
         if self.slowdown > 1.0:
-            self.sleep((self.slowdown - 1.0) * p.step_time_s)
+            pause = (self.slowdown - 1.0) * p.step_time_s
+            if self.cancel is not None:
+                self.cancel.wait(pause)  # a cancel ends the pause at once
+                self.check_cancel(p.step)
+            else:
+                self.sleep(pause)
+
+    def check_cancel(self, step: int) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise TrainingCancelled(f"cancelled after {step} steps")
+
+
+ShardLoader = Callable[[RoundConfig], tuple[torch.Tensor, torch.Tensor]]
 
 
 def load_shard(config: RoundConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,8 +184,17 @@ def load_global(round_dir: Path, config: RoundConfig) -> dict[str, torch.Tensor]
     return received
 
 
-def run_train(round_dir: Path, *, stdout: TextIO, environ: Mapping[str, str], default_work_dir: Path) -> None:
-    """Everything `train` does; raises AgentError (or any exception) on failure, which the CLI reports."""
+def run_train(
+    round_dir: Path,
+    *,
+    stdout: TextIO,
+    environ: Mapping[str, str],
+    default_work_dir: Path,
+    cancel: threading.Event | None = None,
+    shard_loader: ShardLoader | None = None,
+) -> None:
+    """Everything `train` does; raises AgentError (or any exception) on failure, which the CLI reports.
+    `cancel` and `shard_loader` (default: load_shard from disk) are serve's."""
     started = time.perf_counter()
     if not round_dir.is_dir():
         raise AgentError(f"round dir {round_dir} does not exist")
@@ -172,12 +204,13 @@ def run_train(round_dir: Path, *, stdout: TextIO, environ: Mapping[str, str], de
     behaviour = behaviour_from_env(environ)
     config = read_config(round_dir, default_work_dir=default_work_dir)
     received = load_global(round_dir, config)
-    x, y = load_shard(config)
+    x, y = (shard_loader or load_shard)(config)
     if config.state_dir is not None:
         config.state_dir.mkdir(parents=True, exist_ok=True)
     loaded = time.perf_counter()
 
-    printer = _ProgressPrinter(stdout, config.progress_every, slowdown)
+    printer = _ProgressPrinter(stdout, config.progress_every, slowdown, cancel=cancel)
+    printer.check_cancel(0)
     task = ClientTask(
         config=config.raw,
         received=received,
@@ -211,7 +244,9 @@ def run_train(round_dir: Path, *, stdout: TextIO, environ: Mapping[str, str], de
     emit(stdout, "done", **{k: v for k, v in summary.items() if k != "format"})
 
 
-def run_request(round_dir: Path, *, stdout: TextIO, default_work_dir: Path) -> None:
+def run_request(
+    round_dir: Path, *, stdout: TextIO, default_work_dir: Path, shard_loader: ShardLoader | None = None
+) -> None:
     """`request <round dir>` (submodel jobs): this phone's index request for the round, randomized over
     the union U (the file config.json names, else global.safetensors) with the job's privacy preset. The permanent stage is memoised in the
     job's state dir on the phone, so rounds together never reveal more than it (index_privacy.py)."""
@@ -230,7 +265,7 @@ def run_request(round_dir: Path, *, stdout: TextIO, default_work_dir: Path) -> N
             received = load_tensors(union_file, max_bytes=config.max_update_bytes)
         except InvalidUpdate as exc:
             raise AgentError(f"union of ids ({union_file.name}): {exc.reason}") from None
-    x, y = load_shard(config)
+    x, y = (shard_loader or load_shard)(config)
     if config.state_dir is not None:
         config.state_dir.mkdir(parents=True, exist_ok=True)
     try:
