@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 
 import numpy as np
 
@@ -51,17 +52,19 @@ def read_csv(
         return float(codes.setdefault(cell, len(codes)))
 
     try:
-        values = np.loadtxt(
-            io.StringIO(text),
-            delimiter=",",
-            skiprows=1,
-            dtype=np.float64,
-            ndmin=2,
-            comments=None,
-            quotechar='"',
-            max_rows=limits.max_rows + 1,  # one more than allowed is enough to know there are too many
-            converters={client_index: client_code} if client_index is not None else None,
-        )
+        with warnings.catch_warnings():  # an empty body is reported below, in words
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+            values = np.loadtxt(
+                io.StringIO(text),
+                delimiter=",",
+                skiprows=1,
+                dtype=np.float64,
+                ndmin=2,
+                comments=None,
+                quotechar='"',
+                max_rows=limits.max_rows + 1,  # one more than allowed is enough to know there are too many
+                converters={client_index: client_code} if client_index is not None else None,
+            )
     except ValueError as exc:
         # The rows that do parse still go through the value checks, so the one report lists those too.
         return _diagnose(text, header, label_index, client_index, problems, limits, str(exc))

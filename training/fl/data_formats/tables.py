@@ -157,7 +157,7 @@ def reshape_features(
 ) -> np.ndarray | None:
     """Features as float32 of shape (n, *feature_shape) (e.g. FEMNIST's 784 pixels as (1, 28, 28))."""
     if feature_shape is None:
-        return x.astype(np.float32)
+        return _float32(x)
     shape = tuple(feature_shape)
     if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
         problems.add(f"feature_shape must be a list of positive integers, got {list(feature_shape)!r}")
@@ -168,7 +168,12 @@ def reshape_features(
             f"but samples have {int(np.prod(x.shape[1:]))} (shape {list(x.shape[1:])})"
         )
         return None
-    return x.reshape((x.shape[0], *shape)).astype(np.float32)
+    return _float32(x.reshape((x.shape[0], *shape)))
+
+
+def _float32(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # values beyond float32 are already a reported problem
+        return x.astype(np.float32)
 
 
 def client_codes(clients: np.ndarray) -> tuple[np.ndarray, list[str]]:
