@@ -15,7 +15,9 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 class ResidualBlock(nn.Module):
     def __init__(self, width: int, activation: str) -> None:
         super().__init__()
-        self.inner = nn.Sequential(nn.Linear(width, width), ACTIVATIONS[activation](), nn.Linear(width, width))
+        self.inner = nn.Sequential(
+            nn.Linear(width, width), ACTIVATIONS[activation](), nn.Linear(width, width)
+        )
         self.act = ACTIVATIONS[activation]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -30,7 +32,9 @@ class ResidualMLP(nn.Module):
         self, input_shape: Sequence[int], num_classes: int, *, width: int, blocks: int, activation: str
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width), ACTIVATIONS[activation]())
+        self.stem = nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(input_shape), width), ACTIVATIONS[activation]()
+        )
         self.blocks = nn.Sequential(*(ResidualBlock(width, activation) for _ in range(blocks)))
         self.head = nn.Linear(width, num_classes)
 
@@ -38,7 +42,9 @@ class ResidualMLP(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def build(input_shape: Sequence[int], num_classes: int, *, width: int, blocks: int, activation: str) -> nn.Module:
+def build(
+    input_shape: Sequence[int], num_classes: int, *, width: int, blocks: int, activation: str
+) -> nn.Module:
     return ResidualMLP(input_shape, num_classes, width=width, blocks=blocks, activation=activation)
 
 
@@ -47,7 +53,14 @@ RESIDUAL_MLP = {
     "label": "Residual MLP (example plug-in)",
     "help": "An MLP with residual blocks of constant width.",
     "params": [
-        {"name": "width", "type": "int", "default": 64, "min": 1, "max": 2048, "help": "width of every layer"},
+        {
+            "name": "width",
+            "type": "int",
+            "default": 64,
+            "min": 1,
+            "max": 2048,
+            "help": "width of every layer",
+        },
         {"name": "blocks", "type": "int", "default": 2, "min": 0, "max": 16, "help": "residual blocks"},
         {
             "name": "activation",
