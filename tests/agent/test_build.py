@@ -5,7 +5,7 @@ import subprocess
 import sys
 import zipfile
 
-from training.agent.build import PYZ_NAME, build_agent_pyz, pyz_bytes
+from training.agent.build import PYZ_NAME, build_agent_pyz, compiled, pyz_bytes
 
 IMPORT_AND_SHOW_CODE_FILE = (
     "import sys; sys.path.insert(0, sys.argv[1]); import training.fl.wire as w; "
@@ -42,7 +42,10 @@ def test_archive_is_a_zipapp_of_the_agent_and_fl_core(agent_build):
     assert {"__main__.py", "training/agent/cli.py", "training/fl/client.py", "training/fl/wire.py"} <= set(
         names
     )
-    assert not [n for n in names if "__pycache__" in n or not n.endswith((".py", ".pyc"))]
+    # Code and bytecode only — and the minimal dist-info of each bundled plug-in (test_plugin_bundle.py).
+    assert not [
+        n for n in names if "__pycache__" in n or not n.endswith((".py", ".pyc")) and ".dist-info/" not in n
+    ]
     sources = [n for n in names if n.endswith(".py")]
     assert sorted(n for n in names if n.endswith(".pyc")) == sorted(n + "c" for n in sources)
     assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in infos)
@@ -92,3 +95,12 @@ def test_the_build_is_the_same_in_another_process(agent_build):
             env=env,
         )
         assert out.stdout.strip() == agent_build.sha256
+
+
+def test_bytecode_does_not_depend_on_what_the_process_interned_before():
+    # A one-character string is a shared singleton; whether it is interned is process history, and
+    # marshal writes that down. chr(7) is interned by nothing else here.
+    source = b'BELL = "\\x07"\n'
+    before = compiled("m.py", source)
+    sys.intern(chr(7))
+    assert compiled("m.py", source) == before

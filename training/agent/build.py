@@ -13,16 +13,28 @@ against the source beside it by hash, not by timestamp, so the fixed timestamps 
 run is a fresh process, and compiling the sources it imports cost it about 20 ms of CPU per run (measured
 on this lab's phones: a third of a run's time outside training). A phone whose Python has another
 bytecode version sees a foreign magic number, and zipimport falls back to the source.
+
+Plug-in models (`fedfleet.models` entry points, training/fl/plugins.py) travel inside the archive too, so
+phones can build them: each installed plug-in distribution's top-level packages (pure Python: its .py
+files; compiled extensions are refused) and a minimal `<name>-<version>.dist-info` (METADATA and an
+entry_points.txt of its model entry points). The archive is the first entry of the agent's sys.path, so
+importlib.metadata finds that dist-info — and its code — there before anything the phone's Python has
+installed; the agent's code needs no hook for it. A plug-in changes the archive, hence its hash, hence
+every phone gets the new agent. Data set plug-ins stay on the server: phones never load data sets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import importlib.util
 import io
+import re
+import sys
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import _bootstrap_external
+from importlib import _bootstrap_external, metadata
 from pathlib import Path
 
 from training.fl.wire import write_bytes_atomic
@@ -43,12 +55,38 @@ sys.exit(main(sys.argv[1:]))
 TRAINING_INIT_PY = b'"""Package marker inside agent.pyz."""\n'
 
 
+MODELS_GROUP = "fedfleet.models"  # = training.fl.plugins.MODELS_GROUP (not imported: build runs no plug-in)
+# Top-level names a plug-in cannot take: the agent's own, and the archive's entry point.
+TAKEN_TOP_LEVEL = frozenset({"training", "__main__"})
+COMPILED_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES) + (".so", ".pyd", ".dylib", ".dll")
+
+
+class PluginBundleError(ValueError):
+    """A plug-in that cannot travel to the phones; the reason says why."""
+
+
+@dataclass(frozen=True)
+class PluginBundle:
+    """One plug-in distribution as the agent carries it."""
+
+    name: str  # the distribution's name, e.g. "fedfleet-example"
+    version: str
+    packages: tuple[str, ...]  # top-level packages or modules holding its entry points' code
+    entry_points: tuple[tuple[str, str], ...]  # (model name, "module:attribute")
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
 @dataclass(frozen=True)
 class AgentBuild:
     path: Path
     sha256: str
     size: int
     files: tuple[str, ...]  # archive entry names, in order
+    plugins: tuple[str, ...] = ()  # "name version" of each bundled plug-in
+    skipped_plugins: tuple[str, ...] = ()  # installed plug-ins that could not be bundled, with the reason
 
 
 def source_root() -> Path:
@@ -71,8 +109,20 @@ def collect_sources(root: Path) -> dict[str, bytes]:
     return files
 
 
+def intern_shared_strings() -> None:
+    """marshal records whether each string is interned, and the empty and one-character strings are
+    process-wide singletons, interned or not depending on what the process did before: `"["` in
+    build.py's own code compiled to other bytes once a test had run an agent in the same process — a new
+    agent hash, and every phone re-sent the agent, for the same code. Interning them all first makes every
+    process write them alike."""
+    for code in range(256):
+        sys.intern(chr(code))
+    sys.intern("")
+
+
 def compiled(name: str, source: bytes) -> bytes:
     """`source` as a checked hash-based pyc; the code's file name is the entry in the archive."""
+    intern_shared_strings()
     code = compile(source, f"{PYZ_NAME}/{name}", "exec", dont_inherit=True)
     return bytes(
         _bootstrap_external._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=True)
@@ -99,13 +149,118 @@ def pyz_bytes(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def build_agent_pyz(out_dir: Path, *, root: Path | None = None) -> AgentBuild:
-    """Write `<out_dir>/agent.pyz` (atomically) and return its path, sha256, size and entries."""
-    files = with_bytecode(collect_sources(root if root is not None else source_root()))
-    data = pyz_bytes(files)
+def installed_model_plugins(entry_points: Iterable[metadata.EntryPoint] | None = None) -> list[PluginBundle]:
+    """The installed distributions that declare `fedfleet.models` entry points, sorted by name."""
+    points = metadata.entry_points(group=MODELS_GROUP) if entry_points is None else entry_points
+    by_dist: dict[tuple[str, str], list[metadata.EntryPoint]] = {}
+    for point in points:
+        if point.dist is None:  # not from an installed distribution: nothing to bundle it with
+            continue
+        by_dist.setdefault((point.dist.name, point.dist.version), []).append(point)
+    return [
+        PluginBundle(
+            name=name,
+            version=version,
+            packages=tuple(sorted({p.module.split(".")[0] for p in found})),
+            entry_points=tuple(sorted((p.name, p.value) for p in found)),
+        )
+        for (name, version), found in sorted(by_dist.items())
+    ]
+
+
+def plugin_sources(bundle: PluginBundle) -> dict[str, bytes]:
+    """Archive name -> content: the plug-in's .py files and its minimal dist-info."""
+    files: dict[str, bytes] = {}
+    for package in bundle.packages:
+        if package in TAKEN_TOP_LEVEL:
+            raise PluginBundleError(f"{bundle.label}: its package {package!r} would replace the agent's own")
+        files.update(_package_sources(bundle, package))
+    files.update(dist_info(bundle))
+    return files
+
+
+def _package_sources(bundle: PluginBundle, package: str) -> dict[str, bytes]:
+    try:
+        spec = importlib.util.find_spec(package)  # finds, does not import: no plug-in code runs here
+    except (ImportError, ValueError) as exc:
+        raise PluginBundleError(f"{bundle.label}: cannot find {package!r}: {exc}") from None
+    if spec is None or spec.origin is None or spec.origin in ("namespace", "built-in", "frozen"):
+        raise PluginBundleError(
+            f"{bundle.label}: {package!r} must be a regular package or module (found {spec and spec.origin})"
+        )
+    origin = Path(spec.origin)
+    if spec.submodule_search_locations is None:  # a single module
+        if origin.suffix != ".py":
+            raise PluginBundleError(f"{bundle.label}: {origin.name} is not pure Python")
+        return {f"{package}.py": origin.read_bytes()}
+    base = origin.parent
+    files: dict[str, bytes] = {}
+    for path in sorted(base.rglob("*")):
+        relative = path.relative_to(base)
+        if "__pycache__" in relative.parts or not path.is_file():
+            continue
+        if path.name.endswith(COMPILED_SUFFIXES):
+            raise PluginBundleError(
+                f"{bundle.label}: {package}/{relative.as_posix()} is compiled code; phones run pure Python only"
+            )
+        if path.suffix == ".py":
+            files[f"{package}/{relative.as_posix()}"] = path.read_bytes()
+    return files
+
+
+def dist_info(bundle: PluginBundle) -> dict[str, bytes]:
+    """What importlib.metadata needs to find the plug-in's model entry points inside the archive."""
+    folder = f"{re.sub(r'[-_.]+', '_', bundle.name).lower()}-{bundle.version}.dist-info"
+    metadata_text = f"Metadata-Version: 2.1\nName: {bundle.name}\nVersion: {bundle.version}\n"
+    lines = [f"[{MODELS_GROUP}]"] + [f"{name} = {value}" for name, value in bundle.entry_points]
+    return {
+        f"{folder}/METADATA": metadata_text.encode(),
+        f"{folder}/entry_points.txt": ("\n".join(lines) + "\n").encode(),
+    }
+
+
+def _bundle_plugins(
+    plugins: Sequence[PluginBundle] | None, files: dict[str, bytes]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Add plug-ins to `files`. Named plug-ins must bundle; discovered ones that cannot are skipped with
+    the reason (one broken plug-in must not stop every phone from getting an agent)."""
+    explicit = plugins is not None
+    bundled: list[str] = []
+    skipped: list[str] = []
+    for bundle in installed_model_plugins() if plugins is None else plugins:
+        try:
+            sources = plugin_sources(bundle)
+            clash = sorted(set(sources) & set(files))
+            if clash:
+                raise PluginBundleError(f"{bundle.label}: {', '.join(clash)} already in the archive")
+        except (PluginBundleError, OSError) as exc:
+            if explicit:
+                raise
+            skipped.append(str(exc))
+            continue
+        files.update(sources)
+        bundled.append(bundle.label)
+    return tuple(bundled), tuple(skipped)
+
+
+def build_agent_pyz(
+    out_dir: Path, *, root: Path | None = None, plugins: Sequence[PluginBundle] | None = None
+) -> AgentBuild:
+    """Write `<out_dir>/agent.pyz` (atomically) and return its path, sha256, size and entries.
+
+    `plugins`: the plug-ins to bundle; None bundles every installed `fedfleet.models` plug-in."""
+    files = collect_sources(root if root is not None else source_root())
+    bundled, skipped = _bundle_plugins(plugins, files)
+    entries = with_bytecode(files)
+    data = pyz_bytes(entries)
     path = Path(out_dir) / PYZ_NAME
     write_bytes_atomic(path, data)
     path.chmod(0o755)
     return AgentBuild(
-        path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data), files=tuple(sorted(files))
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        files=tuple(sorted(entries)),
+        plugins=bundled,
+        skipped_plugins=skipped,
     )
