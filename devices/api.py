@@ -1,6 +1,6 @@
 """The devices REST API (list/create/detail/delete) for scripts: token or session authentication,
 the same filters as the fleet page, the same validation as the register form, and the same rule for
-writes (operators only)."""
+writes (operators only). DELETE retires a phone that past jobs name instead of deleting it, and says so."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 from rest_framework import mixins, status, viewsets
 from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -52,10 +53,23 @@ class DeviceViewSet(
             ) from exc
         transaction.on_commit(lambda: enqueue_probe(device.pk, device.worker_queue))
 
+    def filter_queryset(self, queryset: QuerySet[Device]) -> QuerySet[Device]:
+        # The fleet filters (which hide retired phones) are for the list; a phone's own URL always works.
+        return super().filter_queryset(queryset) if self.action == "list" else queryset
+
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """200 with what happened: {"result": "deleted"} for a phone without history, {"result":
+        "retired", "jobs": N} for one that past jobs name (kept, hidden, never selected); 409 if leased."""
         device = self.get_object()
         try:
-            services.remove_device(device.pk)
+            removal = services.remove_device(device.pk)
         except services.DeviceInUse as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(
+            {
+                "result": removal.outcome,
+                "detail": removal.message,
+                "jobs": removal.history.jobs,
+                "records": removal.history.records,
+            }
+        )

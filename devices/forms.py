@@ -12,7 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from devices.addresses import AddressError, normalise_address
-from devices.models import DEFAULT_AGENT_PYTHON, DEFAULT_WORK_DIR, Device, Transport
+from devices.models import DEFAULT_AGENT_PYTHON, DEFAULT_WORK_DIR, Device, DeviceStatus, Transport
 from devices.services import DeviceSettings, normalise_tags
 from devices.validators import normalise_work_dir, validate_agent_python, validate_worker_queue
 
@@ -64,17 +64,21 @@ class DeviceForm(forms.Form):
             }
         super().__init__(*args, **kwargs)
 
+    # A new registration at the address of a retired phone brings that phone back (services.create_device).
+    reviving: Device | None = None
+
     def _others(self) -> Any:
         others = Device.objects.all()
-        return others.exclude(pk=self.instance.pk) if self.instance is not None else others
+        for kept in (self.instance, self.reviving):
+            if kept is not None:
+                others = others.exclude(pk=kept.pk)
+        return others
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()
         if not name:
             raise ValidationError("Enter a name.")
-        if self._others().filter(name=name).exists():
-            raise ValidationError(f"A phone named {name!r} is already registered.")
-        return name
+        return name  # uniqueness in clean(), once the address says whether a retired phone comes back
 
     def clean_tags(self) -> list[str]:
         return normalise_tags(self.cleaned_data.get("tags", "").split(","))
@@ -94,9 +98,16 @@ class DeviceForm(forms.Form):
                 self.add_error("address", exc)
             else:
                 cleaned["address"] = address
+                if self.instance is None:
+                    self.reviving = Device.objects.filter(
+                        address=address, status=DeviceStatus.RETIRED
+                    ).first()
                 duplicate = self._others().filter(address=address).first()
                 if duplicate is not None:
                     self.add_error("address", f"{address} is already registered as {duplicate.name!r}.")
+        name = cleaned.get("name")
+        if name and self._others().filter(name=name).exists():
+            self.add_error("name", f"A phone named {name!r} is already registered.")
         return cleaned
 
     def device_settings(self) -> DeviceSettings:

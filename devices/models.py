@@ -1,5 +1,8 @@
 """The device lab's records: phones, their telemetry over time, and their availability history.
 
+A phone that took part in jobs is never deleted, only retired (DeviceStatus.RETIRED): the training
+app's records point at it with PROTECT.
+
 Rows here are written only by devices.services (one place that also emits the live events); everything
 else reads them. `lease_job_id` is a plain integer on purpose: the training app records which job holds a
 phone, and this app never imports training.
@@ -28,6 +31,10 @@ class DeviceStatus(models.TextChoices):
     UNAUTHORIZED = "unauthorized", "Unauthorized"
     OFFLINE = "offline", "Offline"
     UNKNOWN = "unknown", "Unknown"
+    # Removed from the lab but kept, because past jobs' records name it (services.remove_device). Out of
+    # the online set (so never selected), never probed, hidden from the fleet list unless asked for;
+    # only registering its address again brings it back (set_status never leaves this status).
+    RETIRED = "retired", "Retired"
 
     @property
     def colour(self) -> str:
@@ -41,6 +48,7 @@ STATUS_COLOURS: dict[str, str] = {
     DeviceStatus.UNAUTHORIZED: "orange",
     DeviceStatus.OFFLINE: "red",
     DeviceStatus.UNKNOWN: "grey",
+    DeviceStatus.RETIRED: "grey",
 }
 
 
@@ -117,6 +125,10 @@ class Device(models.Model):
     @property
     def status_colour(self) -> str:
         return STATUS_COLOURS.get(self.status, "grey")
+
+    @property
+    def retired(self) -> bool:
+        return self.status == DeviceStatus.RETIRED
 
     @property
     def ram_total_gb(self) -> float | None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Count, Q
+from django.db import models, transaction
+from django.db.models import Count, ProtectedError, Q
 from django.utils import timezone
 
 from devices.addresses import AddressError, normalise_address
@@ -151,10 +151,23 @@ def _validated(device: Device) -> None:
     device.full_clean()
 
 
+def retired_device_at(transport: str, address: str) -> Device | None:
+    """The retired phone registered at this address, if any: registering the address again revives it."""
+    try:
+        normalised = normalise_address(transport, address)
+    except AddressError:
+        return None
+    return Device.objects.filter(address=normalised, status=DeviceStatus.RETIRED).first()
+
+
 def create_device(settings_: DeviceSettings) -> Device:
-    """Register a new phone (status unknown until its first probe); ValidationError on bad input."""
+    """Register a new phone (status unknown until its first probe); ValidationError on bad input.
+    The address of a retired phone brings that phone back, with its history, under these settings."""
     now = timezone.now()
     with transaction.atomic():
+        retired = retired_device_at(settings_.transport, settings_.address)
+        if retired is not None:
+            return _revive(retired.pk, settings_)
         device = Device(
             name=settings_.name.strip(),
             transport=settings_.transport,
@@ -173,23 +186,39 @@ def create_device(settings_: DeviceSettings) -> Device:
     return device
 
 
+def _apply_settings(device: Device, settings_: DeviceSettings) -> None:
+    device.name = settings_.name.strip()
+    device.transport = settings_.transport
+    device.address = settings_.address
+    device.agent_python = settings_.agent_python
+    device.work_dir = settings_.work_dir
+    device.worker_queue = settings_.worker_queue
+    _validated(device)
+    device.save()
+    _set_tags(device, settings_.tags)
+
+
 def update_device(device_id: int, settings_: DeviceSettings) -> Device:
-    """Change a phone's settings. A new address resets its status to unknown (it is another phone now)."""
+    """Change a phone's settings. A new address resets its status to unknown (it is another phone now);
+    a retired phone stays retired."""
     with transaction.atomic():
         device = Device.objects.get(pk=device_id)
         old_target = (device.transport, device.address)
-        device.name = settings_.name.strip()
-        device.transport = settings_.transport
-        device.address = settings_.address
-        device.agent_python = settings_.agent_python
-        device.work_dir = settings_.work_dir
-        device.worker_queue = settings_.worker_queue
-        _validated(device)
-        device.save()
-        _set_tags(device, settings_.tags)
+        _apply_settings(device, settings_)
         if (device.transport, device.address) != old_target:
             set_status(device.pk, DeviceStatus.UNKNOWN, reason="address changed")
         _emit_row("device.updated", device.pk)
+    return _fresh(device_id)
+
+
+def _revive(device_id: int, settings_: DeviceSettings) -> Device:
+    """A retired phone registered again: its row (and so every record of its past jobs) comes back to
+    the lab with the new settings, status unknown until its first probe."""
+    with transaction.atomic():
+        device = Device.objects.select_for_update().get(pk=device_id)
+        _apply_settings(device, settings_)
+        _record_status(device, DeviceStatus.UNKNOWN, reason="registered again")
+        _emit_row("device.added", device.pk, with_counts=True)
     return _fresh(device_id)
 
 
@@ -229,51 +258,139 @@ def register_or_update_device(
         existing = by_address or by_name
         if existing is None:
             return create_device(wanted)
-        return update_device(existing.pk, dataclasses.replace(wanted, worker_queue=existing.worker_queue))
+        wanted = dataclasses.replace(wanted, worker_queue=existing.worker_queue)
+        if existing.status == DeviceStatus.RETIRED:
+            return _revive(existing.pk, wanted)
+        return update_device(existing.pk, wanted)
 
 
 class DeviceInUse(Exception):
     """The phone is leased to a job; it cannot be removed until the job lets it go."""
 
 
-def remove_device(device_id: int) -> None:
+@dataclass(frozen=True)
+class History:
+    """What other apps' records hold of a phone: rows that PROTECT it, and the jobs they belong to."""
+
+    records: int
+    jobs: int
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What remove_device did, in words a person (the UI) and a script (the API) can show."""
+
+    device_id: int
+    name: str
+    retired: bool
+    history: History
+
+    @property
+    def outcome(self) -> str:
+        return "retired" if self.retired else "deleted"
+
+    @property
+    def message(self) -> str:
+        if not self.retired:
+            return f"{self.name} removed from the lab."
+        jobs = self.history.jobs
+        past = (
+            f"it took part in {jobs} job{'s' if jobs != 1 else ''}"
+            if jobs
+            else "records of past jobs name it"
+        )
+        return f"{self.name} retired: {past}; its records are kept."
+
+
+def _protecting_relations() -> list[Any]:
+    """Other apps' foreign keys to Device that PROTECT it (the training app's results, participants,
+    influence rows), found by introspection: devices never imports the apps that keep records of phones."""
+    return [
+        relation
+        for relation in Device._meta.get_fields(include_hidden=True)
+        if relation.auto_created
+        and not relation.concrete
+        and relation.one_to_many
+        and getattr(relation, "on_delete", None) is models.PROTECT
+    ]
+
+
+def device_history(device_id: int) -> History:
+    """How many protecting records name the phone, and in how many jobs (records that have a `job`)."""
+    records = 0
+    jobs: set[Any] = set()
+    for relation in _protecting_relations():
+        rows = relation.related_model._base_manager.filter(**{relation.field.name: device_id})
+        records += rows.count()
+        if any(field.name == "job" for field in relation.related_model._meta.concrete_fields):
+            jobs.update(rows.values_list("job", flat=True).distinct())
+    return History(records=records, jobs=len(jobs))
+
+
+def remove_device(device_id: int) -> Removal:
+    """Take a phone out of the lab. One without history is deleted (with its telemetry); one that past
+    jobs' records name is retired instead — kept, with every record, but out of the online set (never
+    selected), never probed and hidden from the fleet list. DeviceInUse while a job holds it."""
     with transaction.atomic():
-        device = Device.objects.get(pk=device_id)
+        device = Device.objects.select_for_update().get(pk=device_id)
         if device.lease_job_id is not None:
             raise DeviceInUse(f"{device.name} is in use by job {device.lease_job_id}")
-        device.delete()
-        send_fleet_event("device.removed", device={"id": device_id}, counts=status_counts())
+        history = device_history(device_id)
+        if history.records == 0:
+            try:
+                with transaction.atomic():  # a savepoint: a record written meanwhile protects the row
+                    device.delete()
+            except ProtectedError:
+                history = device_history(device_id)
+            else:
+                send_fleet_event("device.removed", device={"id": device_id}, counts=status_counts())
+                return Removal(device_id, device.name, retired=False, history=history)
+        removal = Removal(device_id, device.name, retired=True, history=history)
+        if device.status != DeviceStatus.RETIRED:
+            _record_status(device, DeviceStatus.RETIRED, reason=removal.message)
+        return removal
 
 
 # --- status and availability ---------------------------------------------------------------------------
 def set_status(device_id: int, status: str, *, reason: str = "") -> Device:
     """Record a phone's status. A change closes the open availability interval, opens a new one, and
-    broadcasts `device.status` after commit; the same status again only refreshes the reason."""
+    broadcasts `device.status` after commit; the same status again only refreshes the reason.
+
+    A retired phone keeps its status whatever a late probe or a job releasing it says: only registering
+    it again (create_device, register_or_update_device) brings it back, and only remove_device retires."""
     status = DeviceStatus(status)
-    reason = reason[:300]
-    now = timezone.now()
+    if status == DeviceStatus.RETIRED:
+        raise ValueError("a phone is retired by remove_device, which checks its lease and history")
     with transaction.atomic():
         device = Device.objects.select_for_update().get(pk=device_id)
-        changed = device.status != status
-        if not changed and device.status_reason == reason:
-            if status in (DeviceStatus.ONLINE, DeviceStatus.BUSY):
-                Device.objects.filter(pk=device_id).update(last_seen_at=now)
+        if device.status == DeviceStatus.RETIRED:
             return device
-        fields = ["status", "status_reason", "updated_at"]
-        if changed:
-            _close_open_interval(device_id, now)
-            AvailabilityInterval.objects.create(
-                device_id=device_id, status=status, reason=reason, started_at=now
-            )
-            device.status_changed_at = now
-            fields.append("status_changed_at")
+        return _record_status(device, status, reason)
+
+
+def _record_status(device: Device, status: DeviceStatus, reason: str) -> Device:
+    """set_status's body, for a row the caller has locked (select_for_update) inside its transaction."""
+    reason = reason[:300]
+    now = timezone.now()
+    device_id = device.pk
+    changed = device.status != status
+    if not changed and device.status_reason == reason:
         if status in (DeviceStatus.ONLINE, DeviceStatus.BUSY):
-            device.last_seen_at = now
-            fields.append("last_seen_at")
-        device.status = status
-        device.status_reason = reason
-        device.save(update_fields=fields)
-        _emit_row("device.status", device_id, with_counts=changed)
+            Device.objects.filter(pk=device_id).update(last_seen_at=now)
+        return device
+    fields = ["status", "status_reason", "updated_at"]
+    if changed:
+        _close_open_interval(device_id, now)
+        AvailabilityInterval.objects.create(device_id=device_id, status=status, reason=reason, started_at=now)
+        device.status_changed_at = now
+        fields.append("status_changed_at")
+    if status in (DeviceStatus.ONLINE, DeviceStatus.BUSY):
+        device.last_seen_at = now
+        fields.append("last_seen_at")
+    device.status = status
+    device.status_reason = reason
+    device.save(update_fields=fields)
+    _emit_row("device.status", device_id, with_counts=changed)
     return device
 
 
@@ -357,10 +474,11 @@ def purge_old_telemetry(*, now: dt.datetime | None = None) -> int:
 # --- health probes -------------------------------------------------------------------------------------
 def claim_probe(device_id: int, *, now: dt.datetime | None = None) -> dt.datetime | None:
     """Claim a phone for one health probe with a conditional UPDATE; None if another probe holds it
-    (or the phone is leased to a job, whose own traffic must not be disturbed)."""
+    (or the phone is leased to a job, whose own traffic must not be disturbed, or retired)."""
     now = now or timezone.now()
     claimed = (
         Device.objects.filter(pk=device_id, lease_job_id__isnull=True)
+        .exclude(status=DeviceStatus.RETIRED)
         .filter(Q(probe_claimed_at__isnull=True) | Q(probe_claimed_at__lt=now - PROBE_CLAIM_STALE_AFTER))
         .update(probe_claimed_at=now)
     )
@@ -373,10 +491,12 @@ def release_probe(device_id: int, claimed_at: dt.datetime) -> None:
 
 
 def probe_candidates(*, now: dt.datetime | None = None) -> list[tuple[int, str]]:
-    """(device id, worker queue) of phones a fan-out should probe: not leased, not being probed."""
+    """(device id, worker queue) of phones a fan-out should probe: not leased, not being probed, not
+    retired."""
     now = now or timezone.now()
     rows = (
         Device.objects.filter(lease_job_id__isnull=True)
+        .exclude(status=DeviceStatus.RETIRED)
         .filter(Q(probe_claimed_at__isnull=True) | Q(probe_claimed_at__lt=now - PROBE_CLAIM_STALE_AFTER))
         .values_list("pk", "worker_queue")
     )
@@ -386,8 +506,11 @@ def probe_candidates(*, now: dt.datetime | None = None) -> list[tuple[int, str]]
 def apply_probe_result(
     device_id: int, status: str, *, reason: str = "", telemetry: Telemetry | None = None
 ) -> None:
-    """What a probe learned: telemetry first, then the status (a leased phone keeps its busy status)."""
+    """What a probe learned: telemetry first, then the status (a leased phone keeps its busy status).
+    A phone retired while the probe talked to it learns nothing."""
     with transaction.atomic():
+        if Device.objects.filter(pk=device_id, status=DeviceStatus.RETIRED).exists():
+            return
         if telemetry is not None:
             record_telemetry(device_id, telemetry)
         leased = Device.objects.filter(pk=device_id, lease_job_id__isnull=False).exists()

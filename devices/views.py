@@ -49,7 +49,9 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "filterset": filterset,
         "devices": devices,
         "status_counts": [(DeviceStatus(value), n) for value, n in counts.items()],
-        "total": sum(counts.values()),
+        "total": sum(n for status, n in counts.items() if status != DeviceStatus.RETIRED),
+        "show_retired": filterset.is_valid() and bool(filterset.form.cleaned_data.get("show_retired")),
+        "retired_count": counts.get(DeviceStatus.RETIRED, 0),
         "tags": Tag.objects.filter(devices__isnull=False).distinct(),
         "active_status": request.GET.get("status", ""),
         "active_tag": request.GET.get("tag", ""),
@@ -85,7 +87,14 @@ def register(request: HttpRequest) -> HttpResponse:
             form.add_error(None, exc)
         else:
             transaction.on_commit(lambda: enqueue_probe(device.pk, device.worker_queue))
-            messages.success(request, f"{device.name} registered; its first health probe is on its way.")
+            if form.reviving is not None:
+                messages.success(
+                    request,
+                    f"{device.name} was retired; registered again, it is back in the lab with its history. "
+                    "Its first health probe is on its way.",
+                )
+            else:
+                messages.success(request, f"{device.name} registered; its first health probe is on its way.")
             return redirect("devices:detail", pk=device.pk)
     return render(request, "devices/device_form.html", {"form": form, "device": None})
 
@@ -113,13 +122,15 @@ def delete(request: HttpRequest, pk: int) -> HttpResponse:
     device = get_object_or_404(Device, pk=pk)
     if request.method == "POST":
         try:
-            services.remove_device(device.pk)
+            removal = services.remove_device(device.pk)
         except services.DeviceInUse as exc:
             messages.error(request, str(exc))
             return redirect("devices:detail", pk=device.pk)
-        messages.success(request, f"{device.name} removed from the lab.")
+        messages.success(request, removal.message)
         return redirect("devices:fleet")
-    return render(request, "devices/device_confirm_delete.html", {"device": device})
+    # Say beforehand which of the two it will be: retired (past jobs name it) or deleted.
+    history = services.device_history(device.pk)
+    return render(request, "devices/device_confirm_delete.html", {"device": device, "history": history})
 
 
 def _history_hours(request: HttpRequest) -> int:

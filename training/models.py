@@ -105,7 +105,9 @@ class Participant(models.Model):
     """A phone taking part in a job, with the data shard it holds (pushed once per job)."""
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="participants")
-    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="participations")
+    # PROTECT: history is never lost — a phone with jobs in its past is retired, not deleted
+    # (devices.services.remove_device), so these rows keep naming it.
+    device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="participations")
     client_index = models.PositiveIntegerField()
     num_samples = models.PositiveIntegerField()
     label_counts = models.JSONField(default=list)
@@ -252,7 +254,8 @@ IN_FLIGHT_STATES = (ClientState.SELECTED, ClientState.PUSHING, ClientState.TRAIN
 class ClientResult(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="client_results")
     round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="client_results")
-    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="client_results")
+    # PROTECT, as Participant's: a phone with history is retired, never deleted.
+    device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="client_results")
     state = models.CharField(max_length=10, choices=ClientState.choices, default=ClientState.SELECTED)
     reason = models.CharField(max_length=300, blank=True)
     num_samples = models.PositiveIntegerField(null=True, blank=True)
@@ -343,7 +346,8 @@ class ClientInfluence(models.Model):
     accuracy > 0 means the accuracy would rise without it (it harms)."""
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="influences")
-    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+")
+    # PROTECT, as Participant's: a phone with history is retired, never deleted.
+    device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="+")
     round_number = models.PositiveIntegerField()
     selected = models.BooleanField(default=False)  # its update entered this round
     loss = models.FloatField(null=True, blank=True)  # L(w_t + ε_t) − L(w_t) on the test set

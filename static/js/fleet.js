@@ -9,7 +9,11 @@ const table = document.getElementById("fleet-table");
 const tbody = table.querySelector("tbody");
 const indicator = document.getElementById("live-indicator");
 const params = new URLSearchParams(window.location.search);
-const filter = { status: params.get("status") || "", tag: (params.get("tag") || "").toLowerCase(), q: (params.get("q") || "").toLowerCase() };
+const filter = {
+  status: params.get("status") || "", tag: (params.get("tag") || "").toLowerCase(), q: (params.get("q") || "").toLowerCase(),
+  // Retired phones (kept for their past jobs) show only when asked for, as on the server (devices/filters.py).
+  showRetired: ["1", "true", "on"].includes((params.get("show_retired") || "").toLowerCase()),
+};
 const rows = new Map(); // device id -> latest row
 
 const BACKOFF_MIN_MS = 500;
@@ -25,6 +29,7 @@ function setIndicator(state, text) {
 
 function matches(row) {
   if (filter.status && row.status !== filter.status) return false;
+  if (row.status === "retired" && !filter.showRetired && filter.status !== "retired") return false;
   if (filter.tag && !row.tags.includes(filter.tag)) return false;
   if (filter.q) {
     const haystack = `${row.name} ${row.model} ${row.address}`.toLowerCase();
@@ -107,7 +112,7 @@ function setCounts(counts) {
   if (!counts) return;
   let total = 0;
   for (const [status, n] of Object.entries(counts)) {
-    total += n;
+    if (status !== "retired") total += n; // the lab's phones; retired ones are counted on their own badge
     const node = document.querySelector(`[data-count="${status}"]`);
     if (node) node.textContent = String(n);
   }

@@ -70,7 +70,8 @@ def test_operator_creates_and_deletes(operator_user: Any) -> None:
         "unknown",
         "/data/local/tmp/fedfleet/",
     )
-    assert client.delete(f"{LIST}{body['id']}/").status_code == 204
+    deleted = client.delete(f"{LIST}{body['id']}/")
+    assert deleted.status_code == 200 and deleted.json()["result"] == "deleted"  # no history: really gone
     assert not Device.objects.exists()
 
 

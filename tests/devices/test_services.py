@@ -219,4 +219,6 @@ def test_fleet_row_and_counts() -> None:
     device = services.create_device(settings_for(tags=("b", "a")))
     row = services.fleet_row(Device.objects.prefetch_related("tags").get(pk=device.pk))
     assert row["tags"] == ["a", "b"] and row["status_colour"] == "grey" and row["status_label"] == "Unknown"
-    assert services.status_counts() == {"online": 0, "busy": 0, "unauthorized": 0, "offline": 0, "unknown": 1}
+    assert services.status_counts() == {
+        "online": 0, "busy": 0, "unauthorized": 0, "offline": 0, "unknown": 1, "retired": 0,
+    }  # fmt: skip
