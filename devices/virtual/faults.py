@@ -1,4 +1,5 @@
-"""Injected faults: dropped connections, stalls and a slow link, drawn from a seeded RNG."""
+"""Injected faults: dropped connections, stalls and a slow link, drawn from a seeded RNG — or armed
+one at a time while the lab runs (arm_transfer_drop: the lab's control channel, control.py)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,22 @@ class FaultInjector:
     def __init__(self, profile: FaultProfile, rng: random.Random) -> None:
         self.profile = profile
         self._rng = rng
+        self.armed_drops = 0  # transfers still to drop on purpose (arm_transfer_drop)
+        self.drops_planned = 0  # armed drops handed to a transfer so far
+
+    def arm_transfer_drop(self) -> None:
+        """Drop the connection during this phone's next push or pull, whatever the profile's odds."""
+        self.armed_drops += 1
 
     def plan_transfer(self, size: int) -> TransferPlan:
         p = self.profile
         drop = self._rng.randrange(max(size, 1)) if self._rng.random() < p.drop_transfer_p else None
+        if self.armed_drops:
+            # After the first data block: mid-transfer for anything longer than one block, and before
+            # the final reply for a shorter file (TransferWatch.finished) -- never a completed transfer.
+            self.armed_drops -= 1
+            self.drops_planned += 1
+            drop = 1
         stall = self._rng.randrange(max(size, 1)) if self._rng.random() < p.stall_p else None
         return TransferPlan(drop_at_byte=drop, stall_at_byte=stall, stall_s=p.stall_s)
 
