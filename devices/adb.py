@@ -5,6 +5,8 @@
         phone.run("mkdir -p " + quote(work_dir))                 # raises CommandFailed on non-zero status
         for line in phone.stream_lines(f"{quote(py)} agent.pyz train r1", timeout_s=600): ...
         phone.push(Path("model.safetensors"), work_dir + "model.safetensors", progress=on_progress)
+        with phone.open_stream("tcp:7000") as agent:              # the phone's loopback port 7000
+            agent.sendall(b"..."); agent.recv(65536)             # socket-like (see DeviceStream)
 
 Errors: AdbError and its subclasses below; every adb-shell, socket and protocol exception is mapped
 to one of them. After DeviceOffline, DeviceTimeout or a broken transfer the connection is closed (its
@@ -15,8 +17,9 @@ Bounds: nothing a phone sends can make us hold or write more than a fixed amount
 byte limit (max_bytes, else DEFAULT_MAX_PULL_BYTES) however many bytes STAT announced and the phone then
 sends; a FAIL message is at most SYNC_FAIL_MAX bytes; shell() output is at most MAX_SHELL_OUTPUT_BYTES
 (OutputTooLarge); a stream_lines() line is at most MAX_LINE_BYTES (a longer one is cut, see there); and
-packets for streams we are not reading are kept up to MAX_STRAY_PACKETS. Past a bound the connection is
-closed: the phone is still sending, so the stream is out of step.
+packets for streams we are not reading are kept up to MAX_STRAY_PACKETS; a DeviceStream holds at most
+MAX_STREAM_BUFFER_BYTES received and not yet read. Past a bound the connection is closed: the phone is
+still sending, so the stream is out of step.
 
 Speed: adb-shell's own loops are used, with three hot spots replaced — TCP_NODELAY (2-4x on loopback),
 payload checksums summed by numpy instead of Python's sum() (which alone caps a transfer near 100 MB/s),
@@ -49,7 +52,7 @@ from adb_shell import adb_device, constants
 from adb_shell import exceptions as adb_errors
 from adb_shell.adb_message import AdbMessage, unpack
 from adb_shell.auth.sign_cryptography import CryptographySigner
-from adb_shell.hidden_helpers import _AdbPacketStore
+from adb_shell.hidden_helpers import _AdbPacketStore, _AdbTransactionInfo
 from adb_shell.transport.tcp_transport import TcpTransport
 
 from devices.adb_identity import AdbIdentity, platform_identity
@@ -60,11 +63,15 @@ __all__ = [
     "CommandFailed",
     "DeviceOffline",
     "DeviceTimeout",
+    "DeviceStream",
     "DeviceUnauthorized",
     "OutputTooLarge",
     "RemoteFileMissing",
     "RemoteFileTooLarge",
     "RemoteStat",
+    "StreamLost",
+    "StreamRefused",
+    "StreamTimeout",
     "Target",
     "TransferFailed",
     "connect",
@@ -121,6 +128,26 @@ class RemoteFileTooLarge(TransferFailed):
 
 class OutputTooLarge(AdbError):
     """A command printed more than shell() keeps; the connection is closed (the phone is still sending)."""
+
+
+class StreamRefused(AdbError):
+    """The phone refused to open the service — for `tcp:<port>`, nothing listens on that port of the
+    phone's loopback (adbd answers CLSE at once). The connection is still usable."""
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class StreamTimeout(DeviceTimeout, TimeoutError):
+    """A DeviceStream's recv() or sendall() did not complete within its timeout. Also a TimeoutError, as
+    a socket's is: code written for sockets (training.agent.protocol) handles both alike. When nothing at
+    all arrived in recv()'s wait, nothing was lost and the stream is still usable; otherwise it is closed."""
+
+
+class StreamLost(DeviceOffline, ConnectionError):
+    """A DeviceStream broke: the phone closed it while we were sending, or the connection is gone (it is
+    then closed). Also a ConnectionError, as a socket's would be."""
 
 
 class CommandFailed(AdbError):
@@ -188,6 +215,11 @@ MAX_LINE_BYTES = 64 * 1024  # an agent's progress line is ~200 bytes
 # We read one stream at a time; only a few packets for other streams can legitimately be waiting
 # (late OKAYs, a CLSE crossing ours).
 MAX_STRAY_PACKETS = 64
+# A DeviceStream acknowledges what the phone writes as it arrives; this much may wait unread (it only
+# grows while sendall() waits for the phone to take our data and the phone keeps writing).
+MAX_STREAM_BUFFER_BYTES = 16 * 1024 * 1024
+MAX_SERVICE_NAME = 1024
+STREAM_PACKET_TIMEOUT_S = 10.0  # once a packet has begun to arrive, the rest of it comes within this
 
 
 # --- fast transport -------------------------------------------------------------------------------
@@ -573,6 +605,175 @@ def _fill_data(view: memoryview, position: int, source: Any) -> tuple[int, int, 
     return position, moved, False
 
 
+# --- service streams (tcp:) -------------------------------------------------------------------------
+def _open_service(device: Any, service: bytes, timeout_s: float) -> Any:
+    """OPEN a service and wait for OKAY (returns the stream's ids) or CLSE (refused: None). adb-shell's
+    own _open waits for OKAY only, so a refusal would look like a timeout."""
+    with device._local_id_lock:
+        device._local_id = device._local_id % (2**32 - 1) + 1
+        info = _AdbTransactionInfo(device._local_id, None, timeout_s, timeout_s, None)
+    io = device._io_manager
+    io.send(AdbMessage(constants.OPEN, info.local_id, 0, service + b"\0"), info)
+    command, arg0, _, _ = io.read([constants.OKAY, constants.CLSE], info)
+    if command == constants.CLSE:
+        return None
+    info.remote_id = arg0
+    return info
+
+
+class DeviceStream:
+    """One open service stream of a connection (e.g. `tcp:7000`), as a byte stream with the methods of a
+    socket that training.agent.protocol.AgentClient uses: sendall, recv, settimeout, close.
+
+    recv(n) returns what the phone wrote (up to n bytes), b"" once the phone closed the stream. Both
+    calls honour settimeout(): a recv that saw nothing arrive raises StreamTimeout and can be retried;
+    every other failure closes the connection and raises StreamLost / StreamTimeout (after which calls
+    raise StreamLost). Writes are WRTE packets of at most the connection's payload size, one in flight,
+    as adbd expects; the phone's writes are acknowledged as they arrive. While the stream is open, use
+    no other command on its connection (one thread, one conversation)."""
+
+    def __init__(self, connection: AdbConnection, info: Any, service: str, *, timeout_s: float) -> None:
+        self._connection = connection
+        self._info = info
+        self.service = service
+        self._timeout_s: float | None = timeout_s
+        self._pending = bytearray()
+        self._unacknowledged = False  # our last WRTE still waits for the phone's OKAY
+        self._peer_closed = False
+        self._closed = False
+        self._max_payload = max(min(int(connection._device._maxdata), constants.MAX_ADB_DATA), 4096)
+
+    # --- the socket-like interface -----------------------------------------------------------------
+    def settimeout(self, seconds: float | None) -> None:
+        self._timeout_s = seconds
+
+    def recv(self, size: int) -> bytes:
+        deadline = self._deadline()
+        while not self._pending and not self._peer_closed:
+            self._next_packet(deadline, idle_ok=True)
+        chunk = bytes(self._pending[:size])
+        del self._pending[:size]
+        return chunk
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        deadline = self._deadline()
+        view = memoryview(data).cast("B")
+        for offset in range(0, len(view), self._max_payload):
+            while self._unacknowledged:
+                self._next_packet(deadline, idle_ok=False)
+            if self._peer_closed:
+                raise StreamLost(f"{self._where}: the phone closed the stream")
+            with self._io("send", deadline):
+                info = self._info
+                chunk = bytes(view[offset : offset + self._max_payload])
+                self._io_manager.send(AdbMessage(constants.WRTE, info.local_id, info.remote_id, chunk), info)
+            self._unacknowledged = True
+
+    def close(self) -> None:
+        """CLSE, and wait (briefly) for the phone's CLSE back; the connection stays usable."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._peer_closed or self._connection.closed:
+            return
+        info = self._info
+        with contextlib.suppress(AdbError):
+            with self._connection._errors(f"close {self.service}", 5.0):
+                self._io_manager.send(AdbMessage(constants.CLSE, info.local_id, info.remote_id), info)
+                info.read_timeout_s = info.transport_timeout_s = 5.0
+                while (
+                    self._io_manager.read([constants.CLSE, constants.WRTE, constants.OKAY], info)[0]
+                    != constants.CLSE
+                ):
+                    pass  # data in flight when we closed: dropped
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> DeviceStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- packets -------------------------------------------------------------------------------------
+    @property
+    def _io_manager(self) -> Any:
+        return self._connection._device._io_manager
+
+    @property
+    def _where(self) -> str:
+        return f"{self.service} on {self._connection.target.address}"
+
+    def _deadline(self) -> float | None:
+        if self._closed or self._connection.closed:
+            raise StreamLost(f"{self._where}: the stream is closed")
+        return None if self._timeout_s is None else time.monotonic() + self._timeout_s
+
+    def _next_packet(self, deadline: float | None, *, idle_ok: bool) -> None:
+        """Handle the stream's next packet. Waiting for it past the deadline raises StreamTimeout: without
+        harm when `idle_ok` (nothing was read), else closing the connection (we owe or await an answer)."""
+        if not self._packet_waiting(deadline):
+            if idle_ok:
+                raise StreamTimeout(f"{self._where}: nothing arrived within {self._timeout_s} s")
+            self._connection.close()
+            raise StreamTimeout(f"{self._where}: the phone did not take our data within {self._timeout_s} s")
+        with self._io("receive", deadline):
+            info = self._info
+            budget = STREAM_PACKET_TIMEOUT_S if deadline is None else max(deadline - time.monotonic(), 0.0)
+            info.read_timeout_s = info.transport_timeout_s = max(budget, STREAM_PACKET_TIMEOUT_S)
+            command, _, _, data = self._io_manager.read(
+                [constants.OKAY, constants.WRTE, constants.CLSE], info, allow_zeros=True
+            )
+            if command == constants.OKAY:
+                self._unacknowledged = False
+            elif command == constants.WRTE:
+                self._io_manager.send(AdbMessage(constants.OKAY, info.local_id, info.remote_id), info)
+                self._pending += data
+                if len(self._pending) > MAX_STREAM_BUFFER_BYTES:
+                    raise adb_errors.InvalidResponseError(
+                        f"more than {MAX_STREAM_BUFFER_BYTES} bytes written to the stream and not read"
+                    )
+            else:  # the phone closed the stream: answer its CLSE (adbd waits for it)
+                self._peer_closed = True
+                self._unacknowledged = False
+                self._io_manager.send(AdbMessage(constants.CLSE, info.local_id, info.remote_id), info)
+
+    def _packet_waiting(self, deadline: float | None) -> bool:
+        """Whether a packet for this stream is (or becomes, before the deadline) ready to read."""
+        io, info = self._io_manager, self._info
+        with io._store_lock:
+            if io._packet_store.find_allow_zeros(info.remote_id, info.local_id):
+                return True
+        transport = self._connection._transport
+        if transport is None:  # USB: no socket to wait on; the read itself bounds the wait
+            return True
+        poller = select.poll()
+        poller.register(transport._connection, select.POLLIN)
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return bool(poller.poll(None if remaining is None else remaining * 1000))
+            except InterruptedError:
+                continue
+
+    @contextlib.contextmanager
+    def _io(self, action: str, deadline: float | None) -> Iterator[None]:
+        """The connection's error mapping (which closes it on failure), as StreamLost / StreamTimeout."""
+        budget = STREAM_PACKET_TIMEOUT_S if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            with self._connection._errors(
+                f"{action} on {self.service}", max(budget, STREAM_PACKET_TIMEOUT_S)
+            ):
+                yield
+        except DeviceTimeout as exc:
+            raise StreamTimeout(exc.message) from exc
+        except AdbError as exc:
+            self._connection.close()
+            raise StreamLost(exc.message) from exc
+
+
 # --- the connection -------------------------------------------------------------------------------
 _FATAL_ERRORS = (
     OSError,  # ConnectionRefused/Reset, BrokenPipe, socket.timeout, gaierror, ...
@@ -702,6 +903,21 @@ class AdbConnection:
         finally:
             if not finished:
                 self.close()
+
+    # --- service streams ------------------------------------------------------------------------
+    def open_stream(self, service: str, *, timeout_s: float = 10.0) -> DeviceStream:
+        """Open a service stream, e.g. "tcp:7000": the phone connects it to its own loopback port 7000 (what
+        `adb forward` uses). StreamRefused when the phone refuses (nothing listens there); the returned
+        stream's timeout starts as `timeout_s`."""
+        if not (0 < len(service) <= MAX_SERVICE_NAME and service.isascii() and service.isprintable()):
+            raise ValueError(f"not a service name: {service[:80]!r}")
+        with self._errors(f"open {service}", timeout_s):
+            info = _open_service(self._device, service.encode("ascii"), timeout_s)
+        if info is None:
+            raise StreamRefused(
+                f"{self.target.address} refused {service} (nothing listens there)", service=service
+            )
+        return DeviceStream(self, info, service, timeout_s=timeout_s)
 
     # --- files ----------------------------------------------------------------------------------
     def push(

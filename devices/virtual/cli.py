@@ -33,6 +33,12 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="import torch for the agents when the lab starts, not on the first agent run",
     )
+    parser.add_argument(
+        "--agent-pyz",
+        type=Path,
+        default=None,
+        help="agent.pyz for phones with the Termux-like app (stock profiles): installed and started there",
+    )
     add_scenario_arguments(parser)
     add_misbehaviour_arguments(parser)
 
@@ -58,6 +64,7 @@ def config_from_args(args: argparse.Namespace, *, default_keys: Path | None, dat
         scenario=scenario_from_args(args),
         hold_online_s=hold_from_args(args),
         misbehaviour=misbehaviour_from_args(args),
+        agent_pyz=args.agent_pyz,
     )
 
 

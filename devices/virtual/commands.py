@@ -343,6 +343,44 @@ async def cmd_whoami(call: Invocation) -> int:
     return 0
 
 
+SYSTEM_PACKAGES = (
+    "android",
+    "com.android.chrome",
+    "com.android.providers.settings",
+    "com.android.settings",
+    "com.android.shell",
+    "com.android.systemui",
+    "com.google.android.gms",
+    "com.google.android.gsf",
+)
+TERMUX_PACKAGE = "com.termux"
+
+
+def installed_packages(call: Invocation) -> list[tuple[str, bool]]:
+    """(package, is a system package) for everything this phone has installed."""
+    packages = [(name, True) for name in SYSTEM_PACKAGES]
+    if call.phone.profile.termux.installed:
+        packages.append((TERMUX_PACKAGE, False))
+    return sorted(packages)
+
+
+async def cmd_pm(call: Invocation) -> int:
+    """`pm list packages [-f] [-s|-3] [FILTER]` as Android prints it (`package:<name>` lines)."""
+    if call.argv[1:3] != ["list", "packages"]:
+        await call.complain(f"Unknown command: {' '.join(call.argv[1:2]) or '(none)'}")
+        return 255
+    flags, operands = split_flags(call.argv[3:], "fs3")
+    wanted = operands[0] if operands else ""
+    lines = []
+    for name, system in installed_packages(call):
+        if wanted not in name or ("s" in flags and not system) or ("3" in flags and system):
+            continue
+        where = f"/system/app/{name}/{name}.apk=" if system else f"/data/app/~~fedfleet/{name}-1/base.apk="
+        lines.append(f"package:{where if 'f' in flags else ''}{name}\n")
+    await call.say("".join(lines))
+    return 0
+
+
 BUILTINS: dict[str, Builtin] = {
     "cat": cmd_cat,
     "cd": cmd_cd,
@@ -358,6 +396,7 @@ BUILTINS: dict[str, Builtin] = {
     "mkdir": cmd_mkdir,
     "mv": cmd_mv,
     "nproc": cmd_nproc,
+    "pm": cmd_pm,
     "pwd": cmd_pwd,
     "rm": cmd_rm,
     "sha256sum": cmd_sha256sum,

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -57,6 +59,9 @@ class LabConfig:
     # availability clock at 0 -- so a job can be prepared on every phone before the scenario begins.
     hold_online_s: float | None = None
     misbehaviour: Misbehaviour | None = None  # K seeded phones get a behaviour (misbehaviour.py)
+    # An agent.pyz that phones with the Termux-like app get in /sdcard/fedfleet/ (as a person would copy
+    # it there); their app's agent is then started with the lab (profile.termux.autostart).
+    agent_pyz: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class PhoneEndpoint:
     port: int
     model: str
     sandbox: Path
+    agent_port: int | None = None  # the app's agent's loopback port (phones with the Termux-like app)
+    agent_secret: str | None = None  # ... and its secret
 
     @property
     def address(self) -> str:
@@ -81,6 +88,22 @@ def check_ports(base_port: int, count: int) -> None:
             f"ports {ports.start}-{ports.stop - 1} overlap 5555-5585, which Google's adb server scans "
             "and would adopt as emulators; choose another --base-port (default 15555)"
         )
+
+
+AGENT_SECRETS_FILE = "agent_secrets.json"
+
+
+def write_agent_secrets(lab_dir: Path, phones: list[VirtualPhone]) -> Path:
+    """serial -> {port, secret} of every app agent, for the person running the lab (mode 0600): what
+    they would type into each phone's Termux, and register with the platform."""
+    path = lab_dir / AGENT_SECRETS_FILE
+    record = {
+        p.profile.serial: {"port": p.profile.termux.agent_port, "secret": p.agent_secret} for p in phones
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, sort_keys=True)
+    return path
 
 
 class VirtualLab:
@@ -140,12 +163,29 @@ class VirtualLab:
         except OSError as exc:
             await self.stop()
             raise LabError(f"cannot listen on {self.config.host}:{exc}") from exc
+        if self.config.agent_pyz is not None and not Path(self.config.agent_pyz).is_file():
+            await self.stop()
+            raise LabError(f"agent.pyz {self.config.agent_pyz} does not exist")
+        with_app = [phone for phone in self.phones if phone.profile.termux.installed]
+        if with_app:
+            write_agent_secrets(lab_dir, with_app)
+        for phone in with_app:
+            if phone.profile.termux.autostart and self.config.agent_pyz is not None:
+                await phone.start_app_agent(self.config.agent_pyz)
         self._ticker = asyncio.create_task(self._tick(), name="lab-availability")
         return self.endpoints()
 
     def endpoints(self) -> list[PhoneEndpoint]:
         return [
-            PhoneEndpoint(p.profile.serial, p.host, p.port, p.profile.model, p.sandbox.root)
+            PhoneEndpoint(
+                p.profile.serial,
+                p.host,
+                p.port,
+                p.profile.model,
+                p.sandbox.root,
+                agent_port=p.profile.termux.agent_port if p.profile.termux.installed else None,
+                agent_secret=p.agent_secret or None,
+            )
             for p in self.phones
         ]
 

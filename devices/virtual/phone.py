@@ -1,4 +1,19 @@
-"""One virtual phone: its adbd listener, services, battery, availability and faults."""
+"""One virtual phone: its adbd listener, services, battery, availability and faults.
+
+The phone's loopback: many virtual phones share one host, so a program on a phone cannot listen on the
+real 127.0.0.1:P — two phones' agents on "port 7000" would collide. Programs the phone runs get
+FEDFLEET_LOOPBACK_DIR=<sandbox root>/.loopback (out of reach of the phone's shell); a program that would
+listen on loopback port P binds an OS-chosen host port instead and records it in that directory as the
+file `P` (training/agent/serve.py does). The `tcp:P` service looks P up there and connects the ADB stream
+to that host port, as adbd connects it to 127.0.0.1:P on a phone; no entry, or nothing accepting on the
+recorded port, and the OPEN is refused with CLSE(0, host id), as adbd refuses it.
+
+The Termux-like app (profile.termux): start_app_agent() does what a person does once in Termux —
+`python agent.pyz serve --port <agent_port> --secret-file ~/.fedfleet-agent-secret` with agent.pyz in
+/sdcard/fedfleet/ (the app's work dir; the shell can push there too) — through the same runner as the
+shell's python (zygote or subprocess). The app's home (/data/data/com.termux/files/home: secret, log) is
+outside the shell's sandbox, as on a phone. Nobody restarts the app's agent when it dies.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +22,9 @@ import contextlib
 import logging
 import os
 import random
+import re
+import secrets
+import shutil
 import socket
 import time
 from collections.abc import Coroutine
@@ -24,9 +42,24 @@ from devices.virtual.runner import AgentLaunch, ProgramRunner, agent_environment
 from devices.virtual.sandbox import Sandbox, SandboxError
 from devices.virtual.shell import Output, Shell
 from devices.virtual.sync import SyncSession
-from devices.virtual.transport import OUR_VERSION, AdbStream, DeviceConnection, ServiceHandler, StreamClosed
+from devices.virtual.transport import (
+    OUR_VERSION,
+    AdbStream,
+    DeferredService,
+    DeviceConnection,
+    ServiceHandler,
+    StreamClosed,
+)
 
 log = logging.getLogger(__name__)
+
+# `tcp:<port>`, or adbd's older `tcp:<port>:<host>` naming the phone's own loopback
+_TCP_SERVICE = re.compile(r"tcp:(\d{1,5})(?::(?:localhost|127\.0\.0\.1))?")
+TCP_CONNECT_TIMEOUT_S = 5.0
+APP_WORK_DIR = "/sdcard/fedfleet"  # where the app's agent keeps agent.pyz and the jobs' files
+APP_HOME = "data/data/com.termux/files/home"  # relative to the sandbox root; the shell cannot reach it
+APP_SECRET_FILE = ".fedfleet-agent-secret"  # noqa: S105 - a file name
+APP_LOG_FILE = "agent.log"
 
 
 class StreamOutput:
@@ -35,6 +68,41 @@ class StreamOutput:
 
     async def write(self, data: bytes) -> None:
         await self._stream.write(data)
+
+
+class LogOutput:
+    """The app's terminal: what its agent prints goes to a log file in the app's home."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("ab", buffering=0)
+
+    async def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+async def relay(stream: AdbStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy both ways between an ADB stream and a TCP connection until either side closes."""
+
+    async def to_program() -> None:
+        while chunk := await stream.read():
+            writer.write(chunk)
+            await writer.drain()
+
+    async def to_host() -> None:
+        while chunk := await reader.read(stream.connection.max_payload):
+            await stream.write(chunk)
+
+    tasks = {asyncio.ensure_future(to_program()), asyncio.ensure_future(to_host())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        # StreamClosed / ConnectionResetError just end the relay: either side may go at any time
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class VirtualPhone:
@@ -70,6 +138,13 @@ class VirtualPhone:
         self.forced_online: bool | None = None  # set by the lab's owner (tests, demos) to override the model
         self.online = False
         self.agents_running = 0
+        self.loopback_dir = self.sandbox.root / ".loopback"
+        # The phone's agent secret, as the person typed it into the app (the platform shows it per phone).
+        self.agent_secret = profile.termux.agent_secret or (
+            secrets.token_urlsafe(24) if profile.termux.installed else ""
+        )
+        self._app_task: asyncio.Task[int] | None = None
+        self._app_exit: int | None = None
         self._server: asyncio.Server | None = None
         self._connections: set[DeviceConnection] = set()
         self._transition = asyncio.Lock()
@@ -84,7 +159,7 @@ class VirtualPhone:
         # No features: Google's adb then uses legacy `shell:` and sync v1, which is what we implement.
         return f"device::ro.product.name={p.product};ro.product.model={p.model};ro.product.device={p.device};features=".encode()
 
-    def service_for(self, name: str, connection: DeviceConnection) -> ServiceHandler | None:
+    def service_for(self, name: str, connection: DeviceConnection) -> ServiceHandler | DeferredService | None:
         if name.startswith("shell:") or name.startswith("exec:"):
             command = name.split(":", 1)[1]
             if not command:
@@ -92,6 +167,10 @@ class VirtualPhone:
             return lambda stream: self._shell_command(stream, command, connection)
         if name == "sync:":
             return self._sync
+        tcp = _TCP_SERVICE.fullmatch(name)
+        if tcp is not None and 0 < int(tcp[1]) < 65536:
+            port = int(tcp[1])
+            return DeferredService(lambda stream: self._tcp(stream, port))
         return None
 
     # --- PhoneView (what the shell uses) ----------------------------------------------------------
@@ -109,13 +188,7 @@ class VirtualPhone:
         launch = AgentLaunch(
             args=[self.sandbox.map_argument(arg, cwd) for arg in args],
             cwd=host_cwd,
-            env=agent_environment(
-                dict(os.environ),
-                slowdown=self.profile.speed_factor,
-                behaviour=self.profile.behaviour,
-                serial=self.profile.serial,
-                home=self.sandbox.root,
-            ),
+            env=self._program_environment(),
         )
         self.battery.training_started()
         self.agents_running += 1
@@ -124,6 +197,115 @@ class VirtualPhone:
         finally:
             self.agents_running -= 1
             self.battery.training_finished()
+
+    def _program_environment(self) -> dict[str, str]:
+        return agent_environment(
+            dict(os.environ),
+            slowdown=self.profile.speed_factor,
+            behaviour=self.profile.behaviour,
+            serial=self.profile.serial,
+            home=self.sandbox.root,
+            loopback_dir=self.loopback_dir,
+        )
+
+    # --- the phone's loopback (see the module docstring) --------------------------------------------
+    def loopback_port(self, port: int) -> int | None:
+        """The host port behind phone loopback port `port`, if a program of this phone listens on it."""
+        try:
+            text = (self.loopback_dir / str(port)).read_text(encoding="ascii").strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+
+    async def _tcp(self, stream: AdbStream, port: int) -> None:
+        """`tcp:<port>`: connect first (refused unless something accepts), then carry bytes both ways."""
+        host_port = self.loopback_port(port)
+        if host_port is None:
+            return  # nothing listens: not accepted, so refused
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", host_port), TCP_CONNECT_TIMEOUT_S
+            )
+        except (OSError, TimeoutError):
+            return
+        try:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            stream.accept()
+            await relay(stream, reader, writer)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # --- the Termux-like app's agent (see the module docstring) -------------------------------------
+    @property
+    def app_home(self) -> Path:
+        return self.sandbox.root / APP_HOME
+
+    @property
+    def app_agent_running(self) -> bool:
+        return self._app_task is not None and not self._app_task.done()
+
+    @property
+    def app_agent_exit(self) -> int | None:
+        """The exit status of the app's last agent, once it ended (None while running or never run)."""
+        return self._app_exit
+
+    async def start_app_agent(self, agent_pyz: Path | None = None) -> None:
+        """Start `agent.pyz serve` in the app, installing `agent_pyz` first when the phone has none.
+        Returns once the agent was launched (it listens a moment later: connect over `tcp:` to know)."""
+        termux = self.profile.termux
+        if not termux.installed:
+            raise RuntimeError(f"{self.profile.serial} has no Termux-like app installed")
+        if self.app_agent_running:
+            return
+        work_dir = self.sandbox.resolve(APP_WORK_DIR, write=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        installed = work_dir / "agent.pyz"
+        if not installed.exists():
+            if agent_pyz is None:
+                raise RuntimeError(f"no agent.pyz in {APP_WORK_DIR} on {self.profile.serial}")
+            shutil.copyfile(agent_pyz, installed)
+        self.app_home.mkdir(parents=True, exist_ok=True)
+        secret_file = self.app_home / APP_SECRET_FILE
+        secret_file.write_text(self.agent_secret + "\n", encoding="ascii")
+        secret_file.chmod(0o600)
+        launch = AgentLaunch(
+            args=[
+                str(installed),
+                "serve",
+                "--port",
+                str(termux.agent_port),
+                "--secret-file",
+                str(secret_file),
+            ],
+            cwd=work_dir,
+            env=self._program_environment(),
+        )
+        self._app_exit = None
+        self._app_task = asyncio.create_task(self._run_app(launch), name=f"app-agent:{self.profile.serial}")
+
+    async def _run_app(self, launch: AgentLaunch) -> int:
+        output = LogOutput(self.app_home / APP_LOG_FILE)
+        try:
+            status = await self._runner.run(launch, output)
+            self._app_exit = status
+            log.info("%s: the app's agent exited with %d", self.profile.serial, status)
+            return status
+        finally:
+            output.close()
+
+    async def stop_app_agent(self) -> None:
+        """Kill the app's agent (its process group), as Android does to a background app."""
+        task = self._app_task
+        if task is None or task.done():
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        self._app_exit = 137
 
     # --- services ---------------------------------------------------------------------------------
     async def _shell_command(self, stream: AdbStream, command: str, connection: DeviceConnection) -> None:
@@ -187,6 +369,7 @@ class VirtualPhone:
 
     async def stop(self) -> None:
         await self.set_online(False)
+        await self.stop_app_agent()
 
     async def apply_availability(self) -> None:
         wanted = self.should_be_online()

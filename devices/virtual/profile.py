@@ -4,7 +4,9 @@ Profiles come from a JSON file (`--profiles`) or from a small built-in catalogue
 
     {"defaults": {"faults": {"bandwidth_bps": 20000000}},
      "phones": [{"model": "Pixel 7", "manufacturer": "Google", "speed_factor": 1.0,
-                 "availability": {"kind": "markov", "mean_on_s": 300, "mean_off_s": 60}}, ...]}
+                 "availability": {"kind": "markov", "mean_on_s": 300, "mean_off_s": 60}},
+                {"model": "SM-A525F", "stock": true, "termux": {"installed": true, "agent_port": 7000}},
+                ...]}
 
 A bare list is accepted as "phones". With N phones and fewer entries, entries are reused in order and
 each phone still gets its own serial. Unknown keys are errors, so a typo never passes silently.
@@ -69,6 +71,18 @@ class FaultProfile:
 
 
 @dataclass(frozen=True)
+class TermuxProfile:
+    """A Termux-like app on the phone. With an agent.pyz to install (LabConfig.agent_pyz), the lab acts
+    as the person who runs `python agent.pyz serve --port <agent_port>` in Termux once: the app's agent
+    listens on the phone's loopback and the platform reaches it over ADB's `tcp:` service (app mode)."""
+
+    installed: bool = False
+    agent_port: int = 7000
+    agent_secret: str = ""  # the phone's agent secret; empty: the lab makes one up (PhoneEndpoint)
+    autostart: bool = True  # start the app's agent with the lab (else VirtualPhone.start_app_agent)
+
+
+@dataclass(frozen=True)
 class PhoneProfile:
     serial: str = ""
     manufacturer: str = "Google"
@@ -84,10 +98,19 @@ class PhoneProfile:
     storage_mb: int = 115000
     speed_factor: float = 1.0  # 2.0 = training takes twice as long as on the host
     python: str = "python3"  # the shell word that runs the agent
+    # A stock, unrooted build: `adb shell` cannot run any python (as on a real phone, where the shell user
+    # cannot enter an app's sandbox); the agent can only live in an app (termux).
+    stock: bool = False
     behaviour: str = "honest"  # read by the agent on this phone (FEDFLEET_BEHAVIOUR)
     battery: BatteryProfile = field(default_factory=BatteryProfile)
     availability: AvailabilityProfile = field(default_factory=AvailabilityProfile)
     faults: FaultProfile = field(default_factory=FaultProfile)
+    termux: TermuxProfile = field(default_factory=TermuxProfile)
+
+
+def stock_android(**changes: Any) -> PhoneProfile:
+    """A stock phone with Termux installed: the shell runs no python, the app runs the agent."""
+    return dataclasses.replace(PhoneProfile(), stock=True, termux=TermuxProfile(installed=True), **changes)
 
 
 CATALOGUE: tuple[dict[str, Any], ...] = (
@@ -176,9 +199,19 @@ def _validate(profile: PhoneProfile, where: str) -> None:
         raise ProfileError(f"{where}.availability.group must be in [0, n_groups)")
     if a.kind == "trace" and not a.trace_file:
         raise ProfileError(f"{where}.availability.trace_file is required for kind 'trace'")
+    termux = profile.termux
+    if not 0 < termux.agent_port < 65536:
+        raise ProfileError(f"{where}.termux.agent_port must be 1-65535")
+    if termux.agent_secret and not _usable_secret(termux.agent_secret):
+        raise ProfileError(f"{where}.termux.agent_secret must be 16-256 printable characters without spaces")
     for name in ("drop_transfer_p", "drop_command_p", "stall_p"):
         if not 0.0 <= getattr(profile.faults, name) <= 1.0:
             raise ProfileError(f"{where}.faults.{name} must be a probability")
+
+
+def _usable_secret(secret: str) -> bool:
+    """The agent's own rule (training/agent/protocol.py secret_bytes; devices/ does not import training)."""
+    return 16 <= len(secret) <= 256 and all("!" <= c <= "~" for c in secret)
 
 
 def build_profiles(count: int, entries: list[dict[str, Any]], defaults: dict[str, Any]) -> list[PhoneProfile]:

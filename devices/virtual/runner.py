@@ -70,12 +70,26 @@ def host_environment(host: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+# Where a phone's programs record the host port behind each "loopback port" they listen on (phone.py,
+# the tcp: service); training/agent/serve.py reads the same name (devices does not import training).
+LOOPBACK_DIR_ENV = "FEDFLEET_LOOPBACK_DIR"
+
+
 def agent_environment(
-    host: Mapping[str, str], *, slowdown: float, behaviour: str, serial: str, home: Path
+    host: Mapping[str, str],
+    *,
+    slowdown: float,
+    behaviour: str,
+    serial: str,
+    home: Path,
+    loopback_dir: Path | None = None,
 ) -> dict[str, str]:
     """The child's whole environment, built from an allowlist: host_environment(host), and what the
-    agent reads about its phone (FEDFLEET_SLOWDOWN, FEDFLEET_BEHAVIOUR, FEDFLEET_PHONE_SERIAL)."""
+    agent reads about its phone (FEDFLEET_SLOWDOWN, FEDFLEET_BEHAVIOUR, FEDFLEET_PHONE_SERIAL, and the
+    phone's loopback registry FEDFLEET_LOOPBACK_DIR)."""
     env = host_environment(host)
+    if loopback_dir is not None:
+        env[LOOPBACK_DIR_ENV] = str(loopback_dir)
     env.update(
         {
             "FEDFLEET_SLOWDOWN": repr(float(slowdown)),

@@ -262,7 +262,7 @@ class Shell:
 
     async def _dispatch(self, call: Invocation) -> int:
         program = call.argv[0]
-        if program == self.phone.profile.python:
+        if program == self.phone.profile.python and not self.phone.profile.stock:
             return await self.phone.run_python(call.argv[1:], self.state.cwd, call.out)
         builtin = self.builtins.get(program) or self.builtins.get(program.rsplit("/", 1)[-1])
         if builtin is None or (program.startswith("/") and not program.startswith(("/system/", "/bin/"))):

@@ -7,7 +7,10 @@ answers CNXN. The version is min(host's, ours); below 0x01000001 every payload c
 
 Streams: OPEN(host_id, 0, "service\\0") -> OKAY(our_id, host_id), or CLSE(0, host_id) to refuse. Each
 direction has at most one unacknowledged WRTE; every host CLSE for a live stream is answered with a CLSE
-(adb-shell waits for it).
+(adb-shell waits for it). A service that must try something before it exists (`tcp:` connects first, as
+adbd does) is a DeferredService: its handler runs with the stream not yet acknowledged and calls
+`stream.accept()` (OKAY) once it holds what it needs; if it returns without accepting, the OPEN is refused
+with CLSE(0, host_id), exactly as for an unknown service.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from devices.virtual import auth
@@ -49,6 +53,13 @@ STREAM_HIGH_WATER = 2 * MAX_PAYLOAD
 ServiceHandler = Callable[["AdbStream"], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class DeferredService:
+    """A handler that accepts (or, by returning first, refuses) its stream itself."""
+
+    handler: ServiceHandler
+
+
 class ServiceHost(Protocol):
     """What a connection needs from its phone."""
 
@@ -59,7 +70,9 @@ class ServiceHost(Protocol):
 
     def banner(self) -> bytes: ...
 
-    def service_for(self, name: str, connection: DeviceConnection) -> ServiceHandler | None: ...
+    def service_for(
+        self, name: str, connection: DeviceConnection
+    ) -> ServiceHandler | DeferredService | None: ...
 
 
 class StreamClosed(ConnectionError):
@@ -80,6 +93,7 @@ class AdbStream:
         self._okay_owed = False
         self._current = memoryview(b"")
         self._closing = False
+        self.accepted = True  # False until a DeferredService accepts: no OKAY has been sent yet
 
     # --- events from the connection -------------------------------------------------------------
     def has_room_for(self, size: int) -> bool:
@@ -107,6 +121,12 @@ class AdbStream:
         self._arrived.set()
 
     # --- used by services -----------------------------------------------------------------------
+    def accept(self) -> None:
+        """A DeferredService's stream now exists for the host (OKAY)."""
+        if not self.accepted and not self.closed.is_set():
+            self.accepted = True
+            self.connection.send_nowait(Command.OKAY, self.local_id, self.remote_id)
+
     async def read(self) -> bytes:
         """The next bytes the host wrote; b"" once the stream is closed and drained."""
         if self._current:
@@ -152,11 +172,15 @@ class AdbStream:
             )
 
     async def close(self) -> None:
-        """Close from our side once the host has taken our last WRTE (CLSE must not overtake data)."""
+        """Close from our side once the host has taken our last WRTE (CLSE must not overtake data).
+        A stream never accepted is refused instead: CLSE(0, host_id), as for an unknown service."""
         if self._closing:
             return
         self._closing = True
-        if not self.closed.is_set():
+        if not self.accepted:
+            if not self.closed.is_set():
+                self.connection.send_nowait(Command.CLSE, 0, self.remote_id)
+        elif not self.closed.is_set():
             await self._may_send.wait()
             if not self.closed.is_set():
                 self.connection.send_nowait(Command.CLSE, self.local_id, self.remote_id)
@@ -339,13 +363,18 @@ class DeviceConnection:
     def _on_open(self, packet: Packet) -> None:
         host_id = packet.arg0
         name = packet.payload.rstrip(b"\0").decode("utf-8", errors="replace")
-        handler = self._phone.service_for(name, self) if host_id else None
-        if handler is None:
+        service = self._phone.service_for(name, self) if host_id else None
+        if service is None:
             self.send_nowait(Command.CLSE, 0, host_id)
             return
         stream = AdbStream(self, next(self._ids), host_id)
         self._streams[stream.local_id] = stream
-        self.send_nowait(Command.OKAY, stream.local_id, host_id)
+        if isinstance(service, DeferredService):
+            stream.accepted = False  # the handler accepts once it can (or the OPEN is refused)
+            handler = service.handler
+        else:
+            handler = service
+            self.send_nowait(Command.OKAY, stream.local_id, host_id)
         task = asyncio.create_task(self._run_service(handler, stream), name=f"adb-service:{name[:40]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -111,3 +111,36 @@ def round_files(work_dir: Path, round_dir: Path) -> dict[str, bytes]:
             files[path.relative_to(work_dir).as_posix()] = path.read_bytes()
     assert any(name.startswith(round_dir.relative_to(work_dir).as_posix()) for name in files)
     return files
+
+
+def tiny_job(job: str, *, epochs: int = 2, seed: int = 0) -> tuple[dict[str, bytes], str, dict]:
+    """A small MLP job laid out as the platform lays one out on a phone: (files by relative path,
+    the round dir, the expected update shapes). 45 samples, batches of 10: 5 steps per epoch."""
+    import torch
+
+    from training.fl import nets, wire
+
+    model = nets.model_spec_for("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=[16])
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(45, 1, 8, 8, generator=g)
+    y = torch.randint(0, 10, (45,), generator=g)
+    weights = nets.initial_weights(model, seed=1)
+    round_dir = f"jobs/{job}/rounds/round-1.0"
+    config = {
+        "algorithm": "fedavg",
+        "model": model,
+        "lr": 0.1,
+        "epochs": epochs,
+        "batch_size": 10,
+        "seed": 42,
+        "shard": f"jobs/{job}/shard.safetensors",
+        "state_dir": f"jobs/{job}/state",
+        "round": 1,
+        "client_id": job,
+    }
+    files = {
+        f"jobs/{job}/shard.safetensors": wire.dumps_tensors({"x": x, "y": y}),
+        f"{round_dir}/global.safetensors": wire.dumps_tensors(weights),
+        f"{round_dir}/config.json": json.dumps(config).encode(),
+    }
+    return files, round_dir, {k: (tuple(v.shape), v.dtype) for k, v in weights.items()}

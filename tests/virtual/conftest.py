@@ -48,7 +48,8 @@ def keys_file(tmp_path_factory: pytest.TempPathFactory, identity: AdbIdentity) -
 
 @pytest.fixture(scope="session")
 def start_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LabThread]]:
-    """Factory: start_lab(profiles, keys_file=..., accept_new_keys=False, use_zygote=False) -> LabThread."""
+    """Factory: start_lab(profiles, keys_file=..., accept_new_keys=False, use_zygote=False,
+    agent_pyz=None) -> LabThread (agent_pyz: what phones with the Termux-like app install and run)."""
     labs: list[LabThread] = []
 
     def start(
@@ -59,6 +60,7 @@ def start_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
         use_zygote: bool = False,
         warm_zygote: bool = False,
         seed: int = 0,
+        agent_pyz: Path | None = None,
     ) -> LabThread:
         config = LabConfig(
             lab_dir=tmp_path_factory.mktemp("lab"),
@@ -69,6 +71,7 @@ def start_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[...
             seed=seed,
             use_zygote=use_zygote,
             warm_zygote=warm_zygote,
+            agent_pyz=agent_pyz,
         )
         lab = LabThread(config)
         lab.start()

@@ -21,7 +21,7 @@ SECRETS = {
     "REDIS_URL": "redis://:redis-password-5d21@redis:6379/0",
     "AWS_SECRET_ACCESS_KEY": "aws-secret-77e0",
 }
-PHONE_SETTINGS = {"FEDFLEET_SLOWDOWN", "FEDFLEET_BEHAVIOUR", "FEDFLEET_PHONE_SERIAL"}
+PHONE_SETTINGS = {"FEDFLEET_SLOWDOWN", "FEDFLEET_BEHAVIOUR", "FEDFLEET_PHONE_SERIAL", "FEDFLEET_LOOPBACK_DIR"}
 ALLOWED = {*HOST_PASSTHROUGH, *PHONE_SETTINGS, "HOME", "TMPDIR", "PYTHONUNBUFFERED"} | {
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TORCH_NUM_THREADS",
 }  # fmt: skip
@@ -70,6 +70,7 @@ def test_the_agent_sees_no_host_secret(
     assert environ["FEDFLEET_SLOWDOWN"] == "1.5" and environ["FEDFLEET_BEHAVIOUR"] == "noise"
     assert environ["FEDFLEET_PHONE_SERIAL"] == "vt-env" and environ["OMP_NUM_THREADS"] == "1"
     assert environ["HOME"] == str(sandbox) and environ["TMPDIR"] == str(sandbox / "data/local/tmp")
+    assert environ["FEDFLEET_LOOPBACK_DIR"] == str(sandbox / ".loopback")  # the phone's own loopback
     assert environ["PATH"]
 
 

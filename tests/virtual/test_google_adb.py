@@ -15,10 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from config.ports import free_port
 from devices.adb_identity import AdbIdentity, load_or_create_identity
 from devices.virtual.lab import LabThread
-from devices.virtual.profile import PhoneProfile
+from devices.virtual.profile import PhoneProfile, stock_android
 from tests.virtual.conftest import wait_for
+from training.agent.build import build_agent_pyz
+from training.agent.protocol import AgentClient, AgentClientError, AgentRefused
 
 pytestmark = pytest.mark.skipif(shutil.which("adb") is None, reason="Google's adb client is not on PATH")
 
@@ -102,3 +105,46 @@ def test_untrusted_key_shows_unauthorized(
     assert wait_for(lambda: google_adb.state_of(address) == "unauthorized", what="adb devices: unauthorized")
     refused = google_adb("-s", address, "shell", "echo", "hi")
     assert refused.returncode != 0 and "unauthorized" in refused.stderr
+
+
+def test_adb_forward_reaches_the_agent_in_a_stock_phones_app(
+    google_adb: GoogleAdb, google_home: tuple[Path, AdbIdentity], start_lab, tmp_path: Path
+) -> None:
+    """`adb forward tcp:L tcp:7000` is the host side of the phone's tcp: service: Google's adb server opens
+    tcp:7000 on the phone for each connection to L, and the app's agent answers through it."""
+    keys = tmp_path / "adb_keys"
+    keys.write_text(google_home[1].public_key + "\n")
+    build = build_agent_pyz(tmp_path / "build")
+    lab = start_lab([stock_android(serial="vt-forward")], keys_file=keys, agent_pyz=build.path)
+    endpoint = lab.endpoints[0]
+    connected = google_adb("connect", endpoint.address)
+    assert f"connected to {endpoint.address}" in connected.stdout, connected.stdout + connected.stderr
+    assert wait_for(lambda: google_adb.state_of(endpoint.address) == "device", what="adb devices: device")
+    local = free_port()
+    forwarded = google_adb("-s", endpoint.address, "forward", f"tcp:{local}", f"tcp:{endpoint.agent_port}")
+    assert forwarded.returncode == 0, forwarded.stderr
+    assert f"tcp:{local} tcp:{endpoint.agent_port}" in google_adb("forward", "--list").stdout
+
+    def hello() -> AgentClient | None:
+        try:
+            client = AgentClient(
+                socket.create_connection(("127.0.0.1", local), timeout=30), endpoint.agent_secret or ""
+            )
+            client.hello()  # refused (adb closes the socket) until the app's agent listens
+            return client
+        except (OSError, AgentClientError):
+            return None
+
+    with wait_for(hello, timeout_s=90, what="the app's agent through adb forward") as client:
+        assert client.hello_info.sha256 == build.sha256
+        data = os.urandom(2 * 1024 * 1024)
+        assert client.put("jobs/9/blob.bin", data)["sha256"] == hashlib.sha256(data).hexdigest()
+        assert client.get("jobs/9/blob.bin", max_bytes=len(data)) == data
+    wrong = AgentClient(
+        socket.create_connection(("127.0.0.1", local), timeout=30), "a-wrong-secret-0123456789"
+    )
+    with pytest.raises(AgentRefused):
+        wrong.hello()
+    removed = google_adb("-s", endpoint.address, "forward", "--remove", f"tcp:{local}")
+    assert removed.returncode == 0, removed.stderr
+    google_adb("disconnect", endpoint.address)

@@ -250,6 +250,7 @@ class AgentServer:
         self._log_lock = threading.Lock()
         self._restart = restart
         self._listener: socket.socket | None = None
+        self._listening = False
         self._stop = threading.Event()
         self._restart_wanted = False
         self._task: _Task | None = None
@@ -286,6 +287,7 @@ class AgentServer:
             ) from None
         listener.settimeout(0.5)  # the accept loop looks at the stop flag this often
         self._listener = listener
+        self._listening = True
         self.bound_port = listener.getsockname()[1]
         if registry is not None:
             registry.mkdir(parents=True, exist_ok=True)
@@ -320,13 +322,16 @@ class AgentServer:
         )
         try:
             while not self._stop.is_set():
+                if not self._listening:  # an upgrade is answering its client; stop follows
+                    self._stop.wait(0.5)
+                    continue
                 try:
                     sock, _ = self._listener.accept()
                 except TimeoutError:
                     continue
                 except OSError:
-                    if self._stop.is_set():
-                        break
+                    if self._stop.is_set() or not self._listening:
+                        continue
                     raise
                 self._admit(sock)
         finally:
@@ -358,13 +363,20 @@ class AgentServer:
             self._slots.release()
 
     def _close_everything(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
+        self._stop_listening()
         self.cancel_task()
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
             connection.shut()
+
+    def _stop_listening(self) -> None:
+        """No new connections from now on (the phone's port is free: connecting is refused)."""
+        self._listening = False
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress (Linux)
+            self._listener.close()
         registry = self.config.loopback_dir
         if registry is not None:
             entry = registry / str(self.config.port)
@@ -372,8 +384,16 @@ class AgentServer:
                 if int(entry.read_text(encoding="ascii").strip()) == self.bound_port:
                     entry.unlink()
 
-    def request_restart(self) -> None:
+    def prepare_restart(self) -> None:
+        """Stop listening at once: a client that reconnects after the upgrade's answer must reach the new
+        agent, never this one on its way out. request_restart() follows once the answer is sent."""
         self._restart_wanted = True
+        self._stop_listening()
+
+    def request_restart(self) -> None:
+        """Leave serve_forever (closing every connection) and re-execute."""
+        self._restart_wanted = True
+        self._stop_listening()
         self._stop.set()
 
     # --- shared state -------------------------------------------------------------------------------
@@ -837,8 +857,11 @@ class _Connection:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         self.server.log("upgraded", sha256=digest.hexdigest())
-        self.send({"type": "ok", "id": rid, "sha256": digest.hexdigest(), "restarting": True})
-        self.server.request_restart()
+        self.server.prepare_restart()  # before answering: see there
+        try:
+            self.send({"type": "ok", "id": rid, "sha256": digest.hexdigest(), "restarting": True})
+        finally:
+            self.server.request_restart()
         return False
 
     def _upgrade_problem(self, candidate: Path, actual: str, announced: str) -> tuple[str, str] | None:
