@@ -77,6 +77,10 @@ def _point_celery_at(broker_url: str, backend_url: str) -> None:
 
     app.conf.broker_url = broker_url
     app.conf.result_backend = backend_url
+    # The app reads Django's settings under the CELERY_ namespace, and celery 5.6 looks them up before
+    # its own changes: set both, or the change above is shadowed by the settings' Redis URL.
+    django_settings.CELERY_BROKER_URL = broker_url
+    django_settings.CELERY_RESULT_BACKEND = backend_url
     # Drop cached connections/producers/backends so the next publish uses the new URLs
     # (the same reset Celery performs after a fork).
     if app._pool is not None:

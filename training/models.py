@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class JobStatus(models.TextChoices):
@@ -186,6 +187,8 @@ class Round(models.Model):
     # Each participant's availability when selection ran (device id -> state; see engine/selection.py);
     # with the ClientResults it is the raw material of the availability heatmap.
     availability = models.JSONField(default=dict)
+    # When reporting ended (training -> aggregating): the watchdog finishes an aggregation stale for long.
+    closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["number", "attempt"]
@@ -271,6 +274,13 @@ class ClientResult(models.Model):
     pull_s = models.FloatField(default=0)
     reported_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The run that holds this result (engine/client.py): an owner token, blank when no run holds it, and
+    # its heartbeat. A redelivered task finds a live owner and leaves the run alone; an owner silent
+    # for leases.RUN_STALE_AFTER_S died with its worker and may be taken over.
+    runner = models.CharField(max_length=32, blank=True, default="")
+    runner_seen_at = models.DateTimeField(null=True, blank=True)
+    # When its run_client task was last sent (the watchdog re-sends one lost with Redis or a worker).
+    dispatched_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["round_id", "device_id"]

@@ -49,6 +49,8 @@ GLOBAL_FILE = "global.safetensors"
 UPDATE_FILE = "update.safetensors"
 RESULT_FILE = "result.json"
 REQUEST_FILE = "request.safetensors"  # the request step's output (submodel jobs)
+# Written into the round dir by the platform to stop a run (exec mode): the agent stops after its step.
+CANCEL_FILE = "cancel"
 OUTPUT_FILES = (UPDATE_FILE, RESULT_FILE)
 
 DEFAULT_MAX_SHARD_BYTES = 1024 * 1024 * 1024

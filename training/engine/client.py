@@ -12,13 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
+from django.db import connection as db_connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -27,6 +33,7 @@ from devices.models import Device, DeviceStatus
 from training.engine import submodel_rounds, uploads
 from training.engine.closing import maybe_close_round
 from training.engine.runtimes import runtime_for
+from training.engine.runtimes.agent_output import phone_json
 from training.engine.runtimes.base import (
     ClientError,
     ClientOffline,
@@ -37,7 +44,7 @@ from training.engine.runtimes.base import (
     RoundRef,
 )
 from training.fl.wire import InvalidUpdate, load_tensors
-from training.jobs import services, storage
+from training.jobs import leases, services, storage
 from training.jobs.events import send_job_event
 from training.models import (
     FINISHED_JOB_STATUSES,
@@ -46,6 +53,7 @@ from training.models import (
     ClientState,
     Job,
     Participant,
+    Round,
     RoundStatus,
 )
 
@@ -56,6 +64,7 @@ PROGRESS_EVENT_INTERVAL_S = 0.25
 # Room for safetensors' JSON header and result.json on top of the raw tensor bytes.
 UPLOAD_SLACK_BYTES = 256 * 1024
 UPDATE_FILES = ("update.safetensors", "result.json")
+RESULT_MAX_CHARS = 64 * 1024
 PAYLOAD_FILES = ("global.safetensors", "config.json")
 
 
@@ -119,7 +128,11 @@ class ProgressRelay:
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float (phone_json bounds them; this is the backstop)
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -158,6 +171,62 @@ def _mark_offline(result: ClientResult, why: str) -> None:
     )
 
 
+# --- exactly one run per phone per round: a claimed ClientResult with an owner token and a heartbeat ---------
+HEARTBEAT_EVERY_S = 5.0
+
+
+def claim_run(result_id: int) -> str | None:
+    """Claim the result for this run; None when a live run owns it already (a redelivered or re-driven
+    task leaves that run alone). A run whose owner stopped beating (its worker died) is taken over."""
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    stale = now - timedelta(seconds=leases.RUN_STALE_AFTER_S)
+    claimed = (
+        ClientResult.objects.filter(pk=result_id, state__in=IN_FLIGHT_STATES)
+        .filter(Q(runner="") | Q(runner_seen_at__lt=stale) | Q(runner_seen_at__isnull=True))
+        .update(runner=token, runner_seen_at=now)
+    )
+    return token if claimed else None
+
+
+class Heartbeat(threading.Thread):
+    """Beats for one claimed run until stopped; notices when another owner took the run over."""
+
+    def __init__(self, result_id: int, token: str) -> None:
+        super().__init__(name=f"heartbeat-{result_id}", daemon=True)
+        self.result_id, self.token = result_id, token
+        self.halt = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        try:
+            while not self.halt.wait(HEARTBEAT_EVERY_S):
+                beat = ClientResult.objects.filter(pk=self.result_id, runner=self.token)
+                if not beat.update(runner_seen_at=timezone.now()):
+                    self.lost = True
+                    return
+        except DatabaseError:  # the next beat, or the staleness rule, settles it
+            log.warning("heartbeat of result %s failed", self.result_id, exc_info=True)
+        finally:
+            db_connection.close()  # this thread's own connection
+
+
+@contextmanager
+def claimed_run(result_id: int) -> Iterator[str | None]:
+    token = claim_run(result_id)
+    if token is None:
+        yield None
+        return
+    heartbeat = Heartbeat(result_id, token)
+    heartbeat.start()
+    try:
+        yield token
+    finally:
+        heartbeat.halt.set()
+        heartbeat.join(timeout=HEARTBEAT_EVERY_S)
+        ClientResult.objects.filter(pk=result_id, runner=token).update(runner="")
+
+
 def run_client(result_id: int) -> None:
     result = ClientResult.objects.select_related("round", "job", "device").get(pk=result_id)
     if result.state not in IN_FLIGHT_STATES:
@@ -165,20 +234,45 @@ def run_client(result_id: int) -> None:
     if result.round.status != RoundStatus.TRAINING:
         _finish(result, ClientState.LATE, "the round closed before this phone started")
         return
+    with claimed_run(result.pk) as token:
+        if token is None:
+            log.info("%s: a live run owns it; this delivery leaves it alone", result)
+            return
+        try:
+            _run(result)
+        except OutputMissing as exc:
+            _finish(result, ClientState.FAILED, f"the agent wrote no {exc.name}")
+        except ClientError as exc:
+            _finish(result, ClientState.FAILED, exc.reason())
+            if isinstance(exc, ClientOffline):
+                _mark_offline(result, str(exc))
+        finally:
+            maybe_close_round(result.round_id)
+    # The claim is released: a round that closed while this phone ran kept its lease (see
+    # leases.release_idle), so the phone is released now, unless a round of the job holds it again.
+    _release_if_round_closed(result)
+    # A job that finished while this phone worked (cancelled, failed) was cleaned off the phone at
+    # that moment, and this run may have written its files again since: clean once more, last.
+    if Job.objects.filter(pk=result.job_id, status__in=FINISHED_JOB_STATUSES).exists():
+        clean_phone(result.job_id, result.device_id)
+
+
+def _release_if_round_closed(result: ClientResult) -> None:
+    open_again = ClientResult.objects.filter(
+        device_id=result.device_id, state__in=IN_FLIGHT_STATES, round__status=RoundStatus.TRAINING
+    ).exists()
+    if not open_again and not Round.objects.filter(pk=result.round_id, status=RoundStatus.TRAINING).exists():
+        leases.release_idle(result.job_id, [result.device_id])
+
+
+def cancel_client(result_id: int) -> None:
+    """Stop this result's run on its phone (the round closed, or the job was cancelled, while it ran)."""
+    result = ClientResult.objects.select_related("round", "device").get(pk=result_id)
+    ref = RoundRef(job_id=result.job_id, round_number=result.round.number, attempt=result.round.attempt)
     try:
-        _run(result)
-    except OutputMissing as exc:
-        _finish(result, ClientState.FAILED, f"the agent wrote no {exc.name}")
-    except ClientError as exc:
-        _finish(result, ClientState.FAILED, exc.reason())
-        if isinstance(exc, ClientOffline):
-            _mark_offline(result, str(exc))
-    finally:
-        maybe_close_round(result.round_id)
-        # A job that finished while this phone worked (cancelled, failed) was cleaned off the phone at
-        # that moment, and this run may have written its files again since: clean once more, last.
-        if Job.objects.filter(pk=result.job_id, status__in=FINISHED_JOB_STATUSES).exists():
-            clean_phone(result.job_id, result.device_id)
+        runtime_for(result.device).cancel(result.device, ref)
+    except ClientError as exc:  # the run ends at its own deadline; its output is discarded anyway
+        log.info("could not cancel %s: %s", result, exc.reason())
 
 
 def _run(result: ClientResult) -> None:
@@ -235,7 +329,7 @@ def _run(result: ClientResult) -> None:
             return
         pull_s = time.monotonic() - t2
 
-    _accept(result, local_dir, limit, pull_s, request, payload_down)
+    _accept(result, participant.num_samples, local_dir, limit, pull_s, request, payload_down)
 
 
 def job_files(job_id: int, participant: Participant, *, submodel: bool) -> JobFiles:
@@ -328,6 +422,7 @@ def _request_step(
 
 def _accept(
     result: ClientResult,
+    shard_samples: int,
     local_dir: Path,
     limit: int,
     pull_s: float,
@@ -337,18 +432,26 @@ def _accept(
     up = sum((local_dir / n).stat().st_size for n in ("update.safetensors", "result.json"))
     up += request.bytes_up if request is not None else 0
     try:
-        report = json.loads((local_dir / "result.json").read_text()[:65536])
+        report = phone_json(
+            (local_dir / "result.json").read_text(errors="replace"), max_chars=RESULT_MAX_CHARS
+        )
         if not isinstance(report, dict):
             raise ValueError("result.json is not an object")
-        samples = int(report.get("samples", 0))
+        samples = report.get("samples", 0)
         loss = _number(report.get("loss"))
-        if samples <= 0:
-            raise ValueError(f"result.json reports {samples} samples")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+            raise ValueError(f"result.json reports {samples!r} samples")
+        # The weight of an update is the server's own record of the shard it sent (a phone claiming
+        # more would outweigh every other phone in the average); a claim that differs is refused.
+        if samples != shard_samples:
+            raise ValueError(
+                f"result.json claims {samples} samples, but this phone's shard holds {shard_samples}"
+            )
         tensors = load_tensors(local_dir / "update.safetensors", max_bytes=limit)
         errors = uploads.upload_errors(result.round, str(result.device_id), tensors, samples)
         if errors:
             raise InvalidUpdate("; ".join(errors))
-    except (InvalidUpdate, ValueError, TypeError, OSError) as exc:
+    except (InvalidUpdate, ValueError, TypeError, OSError) as exc:  # PhoneJsonError is a ValueError
         _finish(result, ClientState.REJECTED, f"update rejected: {exc}", pull_s=pull_s, bytes_up=up)
         return
     metrics = _numbers(report)

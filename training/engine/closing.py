@@ -59,7 +59,7 @@ def close_round(round_id: int, *, at_deadline: bool = False) -> None:
     if not at_deadline and not round_ready_to_close(rnd):
         return
     if not Round.objects.filter(pk=rnd.pk, status=RoundStatus.TRAINING).update(
-        status=RoundStatus.AGGREGATING
+        status=RoundStatus.AGGREGATING, closed_at=timezone.now()
     ):
         return  # somebody else closes it
     rnd.refresh_from_db()
@@ -111,6 +111,8 @@ def _aggregate_round(rnd: Round) -> None:
         return
     state = storage.load_checkpoint(job.pk, rnd.number - 1)
     strategy = job_strategy(job, config)
+    # Weights come from the server's partition record, never from what a phone claims.
+    shard_samples = dict(Participant.objects.filter(job=job).values_list("device_id", "num_samples"))
     updates = []
     for result in reported:
         path = (
@@ -119,7 +121,7 @@ def _aggregate_round(rnd: Round) -> None:
         updates.append(
             ClientUpdate(
                 client_id=str(result.device_id),
-                num_samples=int(result.num_samples or 0),
+                num_samples=shard_samples[result.device_id],
                 tensors=load_tensors(path, max_bytes=DEFAULT_MAX_UPDATE_BYTES),
                 metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
             )
@@ -141,8 +143,8 @@ def _aggregate_round(rnd: Round) -> None:
         return
     storage.save_checkpoint(job.pk, rnd.number, new_state, {"accuracy": accuracy, "loss": loss})
     aggregate_s = time.monotonic() - started
-    _commit(rnd, reported, results, accuracy, loss, metrics, aggregate_s)
-    dispatch.start_round_on_commit(job.pk)
+    if _commit(rnd, reported, results, accuracy, loss, metrics, aggregate_s):
+        dispatch.start_round_on_commit(job.pk)  # only the close that committed starts the next round
 
 
 def _phase_max(results: Sequence[ClientResult], attr: str) -> float:
@@ -157,7 +159,8 @@ def _commit(
     loss: float,
     metrics: dict[str, float],
     aggregate_s: float,
-) -> None:
+) -> bool:
+    """Commit the round; False when another close got there first (nothing is counted twice)."""
     now = timezone.now()
     with transaction.atomic():
         if not Round.objects.filter(pk=rnd.pk, status=RoundStatus.AGGREGATING).update(
@@ -174,7 +177,7 @@ def _commit(
             bytes_down=sum(r.bytes_down for r in results),
             bytes_up=sum(r.bytes_up for r in results),
         ):
-            return
+            return False
         job = Job.objects.select_for_update().get(pk=rnd.job_id)
         # The guard on committed_rounds makes a replayed commit a no-op: no round is counted twice.
         Job.objects.filter(pk=job.pk, committed_rounds=rnd.number - 1).update(
@@ -183,7 +186,7 @@ def _commit(
         Participant.objects.filter(job_id=job.pk, device_id__in=[r.device_id for r in reported]).update(
             last_round=rnd.number, rounds_reported=F("rounds_reported") + 1
         )
-        leases.release_devices(job.pk, [r.device_id for r in results])
+        stop_and_release(job.pk, results)
         rnd.refresh_from_db()
         job.refresh_from_db()
         send_job_event(job.pk, "round.completed", round=rnd.snapshot(), job=services.job_summary(job))
@@ -196,6 +199,7 @@ def _commit(
             f"accuracy {accuracy:.3f}, loss {loss:.3f}, {rnd.wall_s:.1f} s",
             round_number=rnd.number,
         )
+    return True
 
 
 def _abandon(rnd: Round, reason: str) -> None:
@@ -205,7 +209,7 @@ def _abandon(rnd: Round, reason: str) -> None:
             status=RoundStatus.ABANDONED, finished_at=timezone.now(), reason=reason[:200]
         ):
             return
-        leases.release_devices(rnd.job_id, list(rnd.client_results.values_list("device_id", flat=True)))
+        stop_and_release(rnd.job_id, list(rnd.client_results.select_related("device")))
         rnd.refresh_from_db()
         send_job_event(rnd.job_id, "round.abandoned", round=rnd.snapshot())
         if rnd.attempt >= MAX_ROUND_ATTEMPTS:
@@ -228,3 +232,13 @@ def maybe_close_round(round_id: int) -> None:
     rnd = Round.objects.get(pk=round_id)
     if rnd.status == RoundStatus.TRAINING and round_ready_to_close(rnd):
         dispatch.close_round(round_id)
+
+
+def stop_and_release(job_id: int, results: Sequence[ClientResult]) -> None:
+    """After a round closed: phones whose run is still alive (late ones, still training) are told to stop
+    through their runtime and keep their lease until the run ends (client.run_client releases it then);
+    the others are released now."""
+    running = leases.release_idle(job_id, [r.device_id for r in results])
+    for result in results:
+        if result.device_id in running:
+            dispatch.cancel_client_on_commit(result)

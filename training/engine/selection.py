@@ -15,11 +15,9 @@ from django.db.models import Q
 
 from devices.models import Device, DeviceStatus
 from training.fl.strategy import ClientInfo, ServerState, Strategy
+from training.jobs import leases
 from training.jobs.config import JobConfig
-from training.models import (
-    Job,
-    Participant,
-)
+from training.models import ClientResult, Job, Participant
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +36,8 @@ def eligible_devices(config: JobConfig, *, job_id: int | None = None) -> list[De
         qs = qs.filter(Q(battery_level__gte=config.min_battery) | Q(charging=True))
     if config.require_charging:
         qs = qs.filter(charging=True)
+    # A phone whose run is still alive (a late phone still training) is never picked twice.
+    qs = qs.exclude(pk__in=ClientResult.objects.filter(leases.live_run_filter()).values("device_id"))
     return list(qs.distinct().order_by("pk"))
 
 

@@ -39,6 +39,11 @@ def run_client(result_id: int) -> None:
     client.run_client(result_id)
 
 
+@shared_task(name="training.tasks.cancel_client")
+def cancel_client(result_id: int) -> None:
+    client.cancel_client(result_id)
+
+
 @shared_task(name="training.tasks.clean_phone")
 def clean_phone(job_id: int, device_id: int) -> None:
     client.clean_phone(job_id, device_id)

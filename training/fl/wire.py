@@ -98,20 +98,29 @@ def _check_framing(data: bytes) -> None:
         )
     try:
         header = json.loads(data[HEADER_PREFIX_BYTES : HEADER_PREFIX_BYTES + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: hostile nesting
         raise InvalidUpdate("corrupt tensor file: header is not JSON") from None
     if not isinstance(header, dict):
         raise InvalidUpdate("corrupt tensor file: header is not a JSON object")
     ends = [
         info["data_offsets"][1]
         for name, info in header.items()
-        if name != "__metadata__" and isinstance(info, dict) and isinstance(info.get("data_offsets"), list)
+        if name != "__metadata__"
+        and isinstance(info, dict)
+        and isinstance(info.get("data_offsets"), list)
+        and len(info["data_offsets"]) == 2
     ]
     body = len(data) - HEADER_PREFIX_BYTES - header_len
     if ends and all(isinstance(e, int) for e in ends) and max(ends) > body:
         raise InvalidUpdate(
             f"truncated tensor file: data needs {max(ends)} bytes but only {body} are present"
         )
+    # Then the whole header, strictly (offsets, dtypes, shapes, exact coverage), by the same parser
+    # whichever backend loads the tensors: a header the library might accept or crash on is refused here.
+    try:
+        safetensors_layout.parse_header(memoryview(data))
+    except SafetensorsLayoutError as exc:
+        raise InvalidUpdate(f"corrupt tensor file: {exc}") from None
 
 
 def save_tensors(

@@ -70,6 +70,16 @@ def run_client_on_commit(result: ClientResult) -> None:
     task("run_client").apply_async_on_commit((result.pk,), queue=device_queue(result.device.worker_queue))
 
 
+def cancel_client_on_commit(result: ClientResult) -> None:
+    """Stop a phone's run in progress (its round closed or its job was cancelled), on its host's queue."""
+    task("cancel_client").apply_async_on_commit((result.pk,), queue=device_queue(result.device.worker_queue))
+
+
+def redrive_client(result: ClientResult) -> None:
+    """Send a phone's round work again now (the watchdog found no live run for it)."""
+    task("run_client").apply_async((result.pk,), queue=device_queue(result.device.worker_queue))
+
+
 def clean_phones_on_commit(job_id: int) -> None:
     """After the current transaction commits, clear the finished job's files from each of its phones
     (on the phone's own devices queue, like its rounds)."""

@@ -125,8 +125,11 @@ def cancel_job(job: Job, by: AbstractBaseUser) -> None:
         if not _set_status(job, JobStatus.CANCELLED, allowed_from=active, finished_at=timezone.now()):
             raise JobActionError(f"a {job.status} job cannot be cancelled")
         log(job.pk, f"cancelled by {by.get_username()}", level=LogLevel.WARNING)
-        # Work in flight stops counting: phones still training see their result is no longer in
-        # flight and stop at the next step boundary the runner checks; the open round is closed.
+        # Work in flight stops counting, and phones still running are told to stop through their
+        # runtime; they keep their lease until their run ends (leases.release_idle).
+        running = list(
+            ClientResult.objects.filter(leases.live_run_filter(), job=job).select_related("device")
+        )
         ClientResult.objects.filter(job=job, state__in=IN_FLIGHT_STATES).update(
             state=ClientState.DROPPED, reason="the job was cancelled"
         )
@@ -134,6 +137,8 @@ def cancel_job(job: Job, by: AbstractBaseUser) -> None:
             status=RoundStatus.ABANDONED, finished_at=timezone.now(), reason="the job was cancelled"
         )
         leases.release_job(job.pk)
+        for result in running:
+            dispatch.cancel_client_on_commit(result)
 
 
 def pause_for_operator(job: Job, why: str) -> None:

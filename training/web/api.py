@@ -20,7 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.roles import is_operator
-from training.jobs import services
+from training.jobs import access, services
 from training.models import Job, JobStatus
 from training.web.serializers import JobConfigSerializer, JobSerializer
 from training.web.views import JOB_ACTIONS, snapshot_with_figures
@@ -79,6 +79,8 @@ class JobAction(APIView):
 
     def post(self, request: Request, pk: int) -> Response:
         job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
+        if not access.can_manage(request.user, job):
+            return Response({"detail": access.refusal(job)}, status=status.HTTP_403_FORBIDDEN)
         try:
             JOB_ACTIONS[self.action_name](job, request.user)
         except services.JobActionError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -27,7 +27,7 @@ from devices.models import Device, DeviceStatus
 from training.analysis import availability as availability_report
 from training.analysis import loo
 from training.analysis import submodel as submodel_report
-from training.jobs import services
+from training.jobs import access, services
 from training.jobs.config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
 from training.models import Job, JobStatus
 from training.web.charts import availability as availability_charts
@@ -154,7 +154,11 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         {
             "job": job,
             "config": job.config,
-            "can_operate": is_operator(request.user),
+            # Buttons that change the job: its owner and staff only (jobs/access.py); others read.
+            "can_operate": access.can_manage(request.user, job),
+            "read_only_reason": ""
+            if access.can_manage(request.user, job)
+            else _read_only_reason(request, job),
             "has_final_model": services.final_model_path(job) is not None,
             "submodel": submodel_report.privacy_info(job),  # None unless a submodel job
             "snapshot_url": reverse("training:job-snapshot", args=[job.pk]),
@@ -224,6 +228,8 @@ def job_snapshot(request: HttpRequest, pk: int) -> JsonResponse:
 @operator_required
 def job_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
+    if not access.can_manage(request.user, job):
+        return HttpResponseForbidden(access.refusal(job))
     try:
         JOB_ACTIONS[action](job, request.user)
     except services.JobActionError as exc:
@@ -238,6 +244,8 @@ def job_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
 @operator_required
 def participant_exclusion(request: HttpRequest, pk: int, device_id: int, action: str) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
+    if not access.can_manage(request.user, job):
+        return HttpResponseForbidden(access.refusal(job))
     participant = get_object_or_404(job.participants.select_related("device"), device_id=device_id)
     name = participant.device.name
     try:
@@ -261,6 +269,8 @@ def participant_exclusion(request: HttpRequest, pk: int, device_id: int, action:
 @operator_required
 def run_exact_loo(request: HttpRequest, pk: int) -> HttpResponse:
     job = get_object_or_404(Job, pk=pk)
+    if not access.can_manage(request.user, job):
+        return HttpResponseForbidden(access.refusal(job))
     try:
         run = loo.request_exact_leave_one_out(job, request.user)
     except services.JobActionError as exc:
@@ -406,4 +416,13 @@ def job_compare(request: HttpRequest) -> HttpResponse:
             "recent_jobs": Job.objects.select_related("owner")[:30],
             "oscillation_rounds": OSCILLATION_ROUNDS,
         },
+    )
+
+
+def _read_only_reason(request: HttpRequest, job: Job) -> str:
+    """What the dashboard says to an operator who may not change this job."""
+    return (
+        f"Read-only: job #{job.pk} belongs to {job.owner.get_username()}."
+        if is_operator(request.user)
+        else ""
     )

@@ -22,6 +22,7 @@ from devices import adb
 from devices.models import Device
 from devices.validators import agent_python_command
 from training.agent.build import AgentBuild, build_agent_pyz
+from training.agent.round_config import CANCEL_FILE
 from training.engine.runtimes.agent_output import EXIT_MARKER, parse_agent_output
 from training.engine.runtimes.base import (
     AgentRun,
@@ -180,8 +181,12 @@ class ExecRuntime:
             yield ExecSession(conn, device, ref)
 
     def cancel(self, device: Device, ref: RoundRef) -> None:
-        """Nothing to stop from here today: a per-round agent notices its result left flight at the
-        runner's next check and its output is discarded (see client.py); a later change kills it."""
+        """Drop the cancel flag into the run's round dir: the agent checks it after every step and stops
+        (within a step's time), writing no update. A run already over finds no dir: nothing to stop."""
+        remote_round = storage.phone_round_dir(device.work_dir, ref.job_id, ref.round_number, ref.attempt)
+        flag = f"{remote_round}/{CANCEL_FILE}"
+        with client_errors(), adb.connect(target_of(device), timeout_s=CONNECT_TIMEOUT_S) as conn:
+            conn.shell(f"touch {shlex.quote(flag)} 2>/dev/null", timeout_s=10)
 
     def clean_up(self, device: Device, job_id: int) -> None:
         job_dir = storage.phone_job_dir(device.work_dir, job_id)
