@@ -348,6 +348,10 @@ class AgentServer:
         if not self._slots.acquire(blocking=False):
             sock.close()  # full: no byte to a peer we do not know yet
             return
+        # Frames are small and answered at once: without this, Nagle holds an answer back until the
+        # peer's delayed ACK (40 ms per round trip).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = _Connection(self, sock)
         with self._connections_lock:
             self._connections.add(connection)
