@@ -6,6 +6,7 @@ JSON or not an object is kept only as the tail a failure reports.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,7 +34,10 @@ def _bounded_int(text: str) -> int:
 def _bounded_float(text: str) -> float:
     if len(text) > MAX_NUMBER_CHARS:
         raise PhoneJsonError(f"a number of {len(text)} characters")
-    return float(text)
+    number = float(text)
+    if not math.isfinite(number):  # 1e999 parses to inf
+        raise PhoneJsonError(f"{text} is not a finite number")
+    return number
 
 
 def _no_constant(name: str) -> float:
