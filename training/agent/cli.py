@@ -18,18 +18,23 @@ import hashlib
 import os
 import platform
 import sys
+import threading
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
 from training.agent import AGENT_VERSION
-from training.agent.round_config import AgentError
+from training.agent.round_config import CANCEL_FILE, AgentError
 from training.agent.runner import emit, run_request, run_train
 
+# How often a per-round agent looks for the platform's cancel flag (a cancel takes effect within this and
+# one training step).
+CANCEL_POLL_S = 0.2
 USAGE = "usage: agent.pyz train <round dir> | request <round dir> | serve --port P | version | selftest"
 
 
@@ -94,7 +99,11 @@ def main(
     command = argv[0] if argv else ""
     try:
         if command == "train" and len(argv) == 2:
-            run_train(Path(argv[1]), stdout=out, environ=env, default_work_dir=default_work_dir())
+            round_dir = Path(argv[1])
+            with cancel_flag_watch(round_dir) as cancel:
+                run_train(
+                    round_dir, stdout=out, environ=env, default_work_dir=default_work_dir(), cancel=cancel
+                )
         elif command == "request" and len(argv) == 2:
             run_request(Path(argv[1]), stdout=out, default_work_dir=default_work_dir())
         elif command == "serve":
@@ -121,6 +130,28 @@ def main(
         emit(out, "error", message=_one_line(f"{type(exc).__name__}: {exc}"))
         return 1
     return 0
+
+
+@contextmanager
+def cancel_flag_watch(round_dir: Path, every_s: float = CANCEL_POLL_S) -> Iterator[threading.Event]:
+    """Exec mode's cancel: the platform drops CANCEL_FILE into the round dir (it cannot reach this
+    process otherwise); a watcher sets the event the training loop checks after every step."""
+    cancel = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        flag = round_dir / CANCEL_FILE
+        while not done.wait(every_s):
+            if flag.exists():
+                cancel.set()
+                return
+
+    watcher = threading.Thread(target=watch, name="cancel-flag", daemon=True)
+    watcher.start()
+    try:
+        yield cancel
+    finally:
+        done.set()
 
 
 def _one_line(text: str) -> str:
