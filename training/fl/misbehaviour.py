@@ -27,6 +27,8 @@ Behaviours and their parameters (defaults in brackets):
   [clients per round / server learning rate, from the round's context].
 - ``noise``: a Gaussian delta with std ``std`` [0.1]; ``mode`` [replace] or ``add`` to the honest delta.
 - ``free_rider``: a zero delta (w_t unchanged); the agent may skip training (`skips_training`).
+- ``inflate_samples``: an honest update whose result claims ``factor`` [10⁶] times the samples it holds
+  (to outweigh everyone in a sample-weighted average; the platform weighs by its own record instead).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ BEHAVIOUR_PARAMS: dict[str, dict[str, Any]] = {
     "model_replacement": {"gamma": None},
     "noise": {"std": 0.1, "mode": "replace"},
     "free_rider": {},
+    "inflate_samples": {"factor": 1_000_000},
 }
 BEHAVIOUR_NAMES: tuple[str, ...] = tuple(BEHAVIOUR_PARAMS)
 LABEL_MAPPINGS = ("reverse", "shift", "random")
@@ -160,6 +163,9 @@ def _check_params(name: str, p: Mapping[str, Any]) -> None:
         ],
         "model_replacement": [
             (p.get("gamma") is None or (isinstance(p["gamma"], int | float) and p["gamma"] > 0), "gamma > 0"),
+        ],
+        "inflate_samples": [
+            (isinstance(p.get("factor"), int) and p["factor"] >= 1, "factor must be an integer >= 1"),
         ],
         "noise": [
             (isinstance(p.get("std"), int | float) and p["std"] >= 0, "std must be >= 0"),
@@ -352,6 +358,13 @@ class BehaviourPlan:
             if b.name in UPDATE_TRANSFORMS:
                 return False
         return False
+
+    def reported_samples(self, samples: int) -> int:
+        """The sample count the client claims in its result (inflate_samples lies about it)."""
+        for b in self.behaviours:
+            if b.name == "inflate_samples":
+                samples *= int(b.params["factor"])
+        return samples
 
     def describe(self) -> list[dict[str, Any]]:
         """JSON-able form (for logs and the lab's record of who misbehaved)."""
