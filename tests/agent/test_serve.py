@@ -79,6 +79,9 @@ def test_hello_describes_the_agent(agent: ServingAgent, agent_build) -> None:
 def test_a_round_trains_as_in_exec_mode(agent: ServingAgent, phone) -> None:
     with agent.client() as client:
         round_dir = put_round(client, phone, "11")
+        with pytest.raises(p.AgentRequestFailed, match="not_found") as not_trained:
+            client.result(round_dir, max_bytes=wire.DEFAULT_MAX_UPDATE_BYTES)
+        assert not_trained.value.details == {"name": "result.json"}
         events: list[dict] = []
         done = client.train(round_dir, on_event=events.append)
         result = client.result(round_dir, max_bytes=wire.DEFAULT_MAX_UPDATE_BYTES)
@@ -144,8 +147,9 @@ def test_get_put_remove_stay_inside_the_work_dir(agent: ServingAgent, tmp_path: 
     with agent.client() as client:
         assert client.put("jobs/20/a.json", b'{"a": 1}')["sha256"] == hashlib.sha256(b'{"a": 1}').hexdigest()
         assert client.get("jobs/20/a.json", max_bytes=100) == b'{"a": 1}'
-        with pytest.raises(p.AgentRequestFailed, match="too_large"):
+        with pytest.raises(p.AgentRequestFailed, match="too_large") as too_large:
             client.get("jobs/20/a.json", max_bytes=3)
+        assert too_large.value.details == {"name": "jobs/20/a.json", "size": 8}
         with pytest.raises(p.AgentRequestFailed, match="not_found"):
             client.get("jobs/20/missing", max_bytes=3)
         for bad in ("jobs/link/x", "agent.pyz"):
@@ -435,7 +439,7 @@ _json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**60), 2**60)
-    | st.floats(allow_nan=False)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,

@@ -38,8 +38,8 @@ Requests (platform → agent; every one but hello carries an `id` its answers ec
                                                       error {code: "cancelled"} within a second
     upgrade  {sha256, size} + agent.pyz bytes      -> ok {sha256}; the agent then re-executes itself
     bye      {}                                    -> bye
-Failures answer error {id, code, message}; codes: busy, not_found, invalid, too_large, failed, cancelled,
-unsupported. `path` and `round_dir` are relative to the agent's work dir (where exec mode keeps the same
+Failures answer error {id, code, message, ...}; codes: busy, not_found {name}, invalid, too_large {name,
+size}, failed, cancelled, unsupported. `path` and `round_dir` are relative to the agent's work dir (where exec mode keeps the same
 files). A frame that breaks the format — bad tag, sizes over the limits, unknown type or fields — closes
 that connection (with an error frame first when the peer had authenticated); the agent itself goes on.
 """
@@ -471,12 +471,14 @@ class AgentProtocolViolation(AgentClientError):
 
 
 class AgentRequestFailed(AgentClientError):
-    """The agent answered with an error; `code` is one of the protocol's error codes."""
+    """The agent answered with an error; `code` is one of the protocol's error codes, `details` the
+    answer's other fields (too_large and not_found name the file; too_large gives its size)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.details = dict(details or {})
 
 
 class AgentCancelled(AgentRequestFailed):
@@ -770,7 +772,8 @@ class AgentClient:
         code, message = str(header.get("code", "failed")), str(header.get("message", ""))
         if header.get("id") not in (rid, None):
             raise self._violation(f"error for another request: {code}: {message}")
-        raise (AgentCancelled if code == "cancelled" else AgentRequestFailed)(code, message)
+        details = {k: v for k, v in header.items() if k not in ("type", "id", "code", "message")}
+        raise (AgentCancelled if code == "cancelled" else AgentRequestFailed)(code, message, details)
 
     def _violation(self, message: str) -> AgentProtocolViolation:
         self._broken = True

@@ -428,9 +428,13 @@ class AgentServer:
         try:
             work(task)
         finally:
-            with self._task_lock:
-                if self._task is task:
-                    self._task = None
+            self.finish_task(task)
+
+    def finish_task(self, task: _Task) -> None:
+        """Free the task slot (idempotent)."""
+        with self._task_lock:
+            if self._task is task:
+                self._task = None
 
     def cancel_task(self, owner: _Connection | None = None) -> bool:
         """Cancel the running task (only if `owner` started it, when given); True if one was running."""
@@ -615,8 +619,9 @@ class _Connection:
         with self._send_lock:
             send_file_frame(self.sock, self.session, header, source, size)
 
-    def send_error(self, rid: int | None, code: str, message: str) -> None:
-        self.send({"type": "error", "id": rid, "code": code, "message": message[:2000]})
+    def send_error(self, rid: int | None, code: str, message: str, **details: Any) -> None:
+        """An error answer; `details` are extra fields (too_large gives the file's name and size)."""
+        self.send({"type": "error", "id": rid, "code": code, "message": message[:2000], **details})
 
     def _try_send_error(self, rid: int | None, code: str, message: str) -> None:
         with contextlib.suppress(OSError, ProtocolError):
@@ -679,7 +684,13 @@ class _Connection:
         with source:
             size = os.fstat(source.fileno()).st_size
             if size > limit:
-                self.send_error(rid, "too_large", f"{request['path']} is {size} bytes, over {limit}")
+                self.send_error(
+                    rid,
+                    "too_large",
+                    f"{request['path']} is {size} bytes, over {limit}",
+                    name=request["path"],
+                    size=size,
+                )
                 return True
             self.send_file({"type": "file", "id": rid, "path": request["path"], "size": size}, source, size)
         return True
@@ -751,16 +762,11 @@ class _Connection:
     def _train(self, task: _Task) -> None:
         round_dir = task.round_dir
         assert round_dir is not None
-
-        def relay(line: dict[str, Any]) -> None:
-            kind = "done" if line.get("event") == "done" else "event"
-            self.send({"type": kind, "id": task.id, "event": line})
-
         self._run_task(
             task,
-            lambda: run_train(
+            lambda stdout: run_train(
                 round_dir,
-                stdout=cast(TextIO, _LineEvents(relay)),
+                stdout=stdout,
                 environ=self.server.environ,
                 default_work_dir=self.server.config.work_dir,
                 cancel=task.cancel,
@@ -771,33 +777,51 @@ class _Connection:
     def _index_request(self, task: _Task) -> None:
         round_dir = task.round_dir
         assert round_dir is not None
-
-        def relay(line: dict[str, Any]) -> None:
-            self.send({"type": "done", "id": task.id, "event": line})
-
         self._run_task(
             task,
-            lambda: run_request(
+            lambda stdout: run_request(
                 round_dir,
-                stdout=cast(TextIO, _LineEvents(relay)),
+                stdout=stdout,
                 default_work_dir=self.server.config.work_dir,
                 shard_loader=self.server.shards,
             ),
         )
 
-    def _run_task(self, task: _Task, work: Callable[[], None]) -> None:
-        """Run train/request; its failure becomes an error frame. If this connection is gone, cancel."""
+    def _run_task(self, task: _Task, work: Callable[[TextIO], None]) -> None:
+        """Run train/request with its progress lines relayed as event frames. The last frame (done, or
+        the error its failure becomes) is sent only after the task slot is free: a client that starts
+        the next round the moment it reads it must not find the agent busy."""
+        final: list[dict[str, Any]] = []
+
+        def relay(line: dict[str, Any]) -> None:
+            if line.get("event") == "done":
+                final.append({"type": "done", "id": task.id, "event": line})
+            else:
+                self.send({"type": "event", "id": task.id, "event": line})
+
         try:
-            work()
+            work(cast(TextIO, _LineEvents(relay)))
         except TrainingCancelled as exc:
-            self._try_send_error(task.id, "cancelled", str(exc))
+            final[:] = [self._error_frame(task.id, "cancelled", str(exc))]
         except AgentError as exc:
-            self._try_send_error(task.id, "failed", " ".join(str(exc).split()))
+            final[:] = [self._error_frame(task.id, "failed", " ".join(str(exc).split()))]
         except (OSError, ProtocolError) as exc:  # the connection broke while we reported
             task.cancel.set()
             self.server.log("task_aborted", reason=f"{type(exc).__name__}: {exc}"[:300])
+            return
         except Exception as exc:  # noqa: BLE001 - anything else is reported, never a dead thread
-            self._try_send_error(task.id, "failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            message = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            final[:] = [self._error_frame(task.id, "failed", message)]
+        finally:
+            self.server.finish_task(task)
+        if not final:  # pragma: no cover - run_train and run_request always end with done or raise
+            final.append(self._error_frame(task.id, "failed", "the task ended without a result"))
+        with contextlib.suppress(OSError, ProtocolError):
+            self.send(final[-1])
+
+    @staticmethod
+    def _error_frame(rid: int, code: str, message: str) -> dict[str, Any]:
+        return {"type": "error", "id": rid, "code": code, "message": message[:2000]}
 
     def _on_result(self, request: dict[str, Any], head: FrameHead) -> bool:
         self.reader.read_payload(head, None)
@@ -817,10 +841,11 @@ class _Connection:
                 round_dir / UPDATE_FILE, min(request["max_bytes"], self.server.config.max_file_bytes)
             )
         except FileNotFoundError as exc:
-            self.send_error(rid, "not_found", f"no {Path(str(exc.filename)).name} in {request['round_dir']}")
+            name = Path(str(exc.filename)).name
+            self.send_error(rid, "not_found", f"no {name} in {request['round_dir']}", name=name)
             return True
         except _TooLarge as exc:
-            self.send_error(rid, "too_large", str(exc))
+            self.send_error(rid, "too_large", str(exc), name=exc.name, size=exc.size)
             return True
         self.send(
             {"type": "result", "id": rid, "update_size": len(update), "result_size": len(result)},
@@ -884,14 +909,17 @@ class _Connection:
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        super().__init__(f"{name} is {size} bytes, over the {limit}-byte limit")
+        self.name = name
+        self.size = size
 
 
 def _read_limited(path: Path, limit: int) -> bytes:
     with path.open("rb") as source:
         size = os.fstat(source.fileno()).st_size
         if size > limit:
-            raise _TooLarge(f"{path.name} is {size} bytes, over the {limit}-byte limit")
+            raise _TooLarge(path.name, size, limit)
         return source.read(limit + 1)[:limit]
 
 
