@@ -28,7 +28,15 @@ from pathlib import Path
 from devices.virtual.profile import PhoneProfile, ProfileError
 
 # The behaviours training/fl/misbehaviour.py implements (tests keep the two lists equal).
-BEHAVIOUR_NAMES = ("honest", "label_flip", "backdoor", "model_replacement", "noise", "free_rider")
+BEHAVIOUR_NAMES = (
+    "honest",
+    "label_flip",
+    "backdoor",
+    "model_replacement",
+    "noise",
+    "free_rider",
+    "inflate_samples",
+)
 RECORD_FILE = "misbehaving.json"
 _PAIR = re.compile(r"^[a-z_][a-z0-9_]*=[^,=+:]+$")
 
@@ -76,7 +84,7 @@ def add_misbehaviour_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--behaviour",
         default="label_flip",
-        help="what they do: label_flip, backdoor, model_replacement, noise or free_rider, with optional "
+        help="what they do: label_flip, backdoor, model_replacement, noise, free_rider or inflate_samples, with optional "
         "parameters, e.g. 'label_flip:mapping=shift' (default label_flip)",
     )
 
