@@ -8,6 +8,11 @@ Queues:
                   (see device_queue()).
 Tasks take ids and are idempotent, so they are acknowledged late: a worker that dies mid-task leaves
 the message for another worker instead of losing it.
+
+Recovery without a person: Redis keeps the queues across a crash (config/local_redis.py), workers
+reconnect after a broker outage (config/broker.py), a message taken but never acknowledged comes back
+after the visibility timeout, and beat runs the round engine's watchdog every few seconds, which
+re-drives what lost tasks left behind from the database.
 """
 
 from __future__ import annotations
@@ -27,7 +32,22 @@ TRAINING_QUEUE = "training"
 # Read here (not from django.conf) because this module is imported while settings are still loading.
 PROBE_INTERVAL_S = env_int("FEDFLEET_PROBE_INTERVAL_S", 10, minimum=1)
 
-app = Celery("fedfleet")
+# Redis hands a message that was taken but not acknowledged to another worker after the visibility
+# timeout: it cannot tell a dead worker from a slow one, so the timeout must outlast the longest task or
+# a task still running is delivered twice. The longest are a phone's training run — the round deadline,
+# up to 24 h, hard-limited at 24 h 11 min (training.tasks.CLIENT_TIME_LIMIT_S + 60) — and exact
+# leave-one-out (3 h 1 min). 26 h leaves almost 2 h for a message's wait in a worker's prefetch buffer
+# (the clock starts when the worker takes it, not when the task starts) and for clocks of different
+# hosts (the worker that restores a message compares its own clock with the taker's). The price: the
+# message of a SIGKILLed worker comes back only after 26 h; lost rounds do not wait for it — the watchdog
+# below re-drives them from the database. Tests lower it to watch a redelivery in seconds.
+VISIBILITY_TIMEOUT_S = env_int("FEDFLEET_BROKER_VISIBILITY_TIMEOUT_S", 26 * 3600, minimum=1)
+# The round engine's watchdog: closes rounds past their deadline, re-sends lost round and client tasks.
+# A tick that waited longer than one period (the training worker was down or busy) is stale — the next is
+# already queued — so it expires: a worker coming back after an outage runs one watchdog, not a backlog.
+WATCHDOG_INTERVAL_S = 5.0
+
+app = Celery("fedfleet", amqp="config.broker:BrokerAMQP")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 
 
@@ -68,6 +88,13 @@ app.conf.update(
     task_soft_time_limit=600,
     task_time_limit=660,
     broker_connection_retry_on_startup=True,
+    # A task running when Redis goes away goes on and acknowledges once the worker has reconnected
+    # (config/broker.py keeps that possible). True would cancel it, and its message could only come
+    # back after the visibility timeout. Said explicitly: Celery 6 changes the default.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    # No result_backend_transport_options: the Redis result backend stores results with SET/GET and
+    # pub/sub; it takes no messages and acknowledges none, so no visibility timeout applies to it.
     # Publishing while Redis is down should fail fast, not hang a web request.
     task_publish_retry_policy={
         "max_retries": 3,
@@ -85,6 +112,11 @@ app.conf.beat_schedule = {
         "schedule": float(PROBE_INTERVAL_S),
         # A fan-out that waited longer than one period is stale: the next one is already on its way.
         "options": {"expires": float(PROBE_INTERVAL_S)},
+    },
+    "training-watchdog": {
+        "task": "training.tasks.watchdog",
+        "schedule": WATCHDOG_INTERVAL_S,
+        "options": {"expires": WATCHDOG_INTERVAL_S},
     },
     "purge-old-telemetry": {
         "task": "devices.tasks.purge_old_telemetry",
