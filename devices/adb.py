@@ -120,10 +120,11 @@ class RemoteFileTooLarge(TransferFailed):
     transfer was cut off at the limit, nothing was written, and the connection is closed. `size` is what
     STAT said in the first case, and at least the bytes that came in the second."""
 
-    def __init__(self, message: str, *, remote: str, size: int) -> None:
+    def __init__(self, message: str, *, remote: str, size: int, cut_off: bool = False) -> None:
         super().__init__(message)
         self.remote = remote
         self.size = size
+        self.cut_off = cut_off  # True: found mid-transfer, `size` is a lower bound
 
 
 class OutputTooLarge(AdbError):
@@ -1032,6 +1033,7 @@ class AdbConnection:
                 f"{announced} bytes); cut off, connection closed",
                 remote=remote,
                 size=over.at_least,
+                cut_off=True,
             ) from None
 
     def _checked_size(self, stream: _SyncStream, remote: str, max_bytes: int) -> int:

@@ -324,7 +324,7 @@ def _run(result: ClientResult) -> None:
             session.collect([(name, local_dir / name) for name in UPDATE_FILES], max_bytes=limit)
         except OutputTooLarge as exc:
             _finish(
-                result, ClientState.REJECTED, f"{exc.name} is {exc.size} bytes, over the {limit}-byte limit"
+                result, ClientState.REJECTED, f"{exc.name} is {exc.size_text()}, over the {limit}-byte limit"
             )
             return
         pull_s = time.monotonic() - t2
@@ -400,7 +400,7 @@ def _request_step(
             _finish(
                 result,
                 ClientState.REJECTED,
-                f"index request rejected: {exc.size} bytes, more than the whole union ({limit} bytes)",
+                f"index request rejected: {exc.size_text()}, more than the whole union ({limit} bytes)",
             )
             return None
         try:

@@ -67,14 +67,19 @@ class OutputMissing(ClientError):
 
 
 class OutputTooLarge(ClientError):
-    """`name` is larger than the caller's limit; nothing of it was kept."""
+    """`name` is larger than the caller's limit; nothing of it was kept. `at_least`: the transfer was cut
+    off at the limit, so `size` is only a lower bound."""
 
     prefix = "output too large"
 
-    def __init__(self, name: str, size: int) -> None:
-        super().__init__(f"{name} is {size} bytes")
+    def __init__(self, name: str, size: int, *, at_least: bool = False) -> None:
         self.name = name
         self.size = size
+        self.at_least = at_least
+        super().__init__(f"{name} is {self.size_text()}")
+
+    def size_text(self) -> str:
+        return f"{'at least ' if self.at_least else ''}{self.size} bytes"
 
 
 # --- what crosses the seam ----------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def client_errors() -> Iterator[None]:
     except adb.RemoteFileMissing as exc:
         raise OutputMissing(posixpath.basename(exc.remote)) from exc
     except adb.RemoteFileTooLarge as exc:
-        raise OutputTooLarge(posixpath.basename(exc.remote), exc.size) from exc
+        raise OutputTooLarge(posixpath.basename(exc.remote), exc.size, at_least=exc.cut_off) from exc
     except adb.TransferFailed as exc:
         raise ClientTransferFailed(str(exc)) from exc
     except adb.AdbError as exc:
