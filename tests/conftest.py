@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,6 +354,7 @@ class VirtualLab:
     phones: list[VirtualPhone]
     process: ManagedProcess
     keys_file: Path
+    lab_dir: Path | None = None  # the phones' sandboxes and the lab's records (agent_runs.jsonl)
     stopped: bool = field(default=False)
 
     def stop(self) -> None:
@@ -366,13 +367,16 @@ class VirtualLab:
 def virtual_phones(
     tmp_path_factory: pytest.TempPathFactory, _isolated_services: Path
 ) -> Iterator[Callable[..., VirtualLab]]:
-    """Factory: `virtual_phones(count=1, authorized=True, seed=0)` runs `python -m devices.virtual` and
-    returns the phones it announced. authorized=False gives phones that do not trust the platform key."""
+    """Factory: `virtual_phones(count=1, authorized=True, seed=0, extra=())` runs `python -m devices.virtual`
+    (with `extra` arguments) and returns the phones it announced. authorized=False gives phones that do
+    not trust the platform key."""
     from devices.adb_identity import platform_identity  # noqa: PLC0415
 
     labs: list[VirtualLab] = []
 
-    def start(count: int = 1, *, authorized: bool = True, seed: int = 0) -> VirtualLab:
+    def start(
+        count: int = 1, *, authorized: bool = True, seed: int = 0, extra: Sequence[str] = ()
+    ) -> VirtualLab:
         work = tmp_path_factory.mktemp("virtual-lab")
         keys_file = work / "adb_keys"
         keys_file.write_text(platform_identity().public_key + "\n" if authorized else "")
@@ -380,7 +384,7 @@ def virtual_phones(
         env = dict(os.environ, FEDFLEET_DATA_DIR=str(_isolated_services), PYTHONUNBUFFERED="1")
         argv = [
             sys.executable, "-m", "devices.virtual", "--phones", str(count), "--base-port", str(base_port),
-            "--keys", str(keys_file), "--seed", str(seed), "--lab-dir", str(work / "phones"),
+            "--keys", str(keys_file), "--seed", str(seed), "--lab-dir", str(work / "phones"), *extra,
         ]  # fmt: skip
         proc = start_process(f"lab-{base_port}", argv, env, work)
         _wait_for_log(proc, "READY")
@@ -390,7 +394,7 @@ def virtual_phones(
             if len(parts) == 3 and ":" in parts[1]:
                 phones.append(VirtualPhone(serial=parts[0], address=parts[1], model=parts[2]))
         assert len(phones) == count, proc.log()
-        lab = VirtualLab(phones=phones, process=proc, keys_file=keys_file)
+        lab = VirtualLab(phones=phones, process=proc, keys_file=keys_file, lab_dir=work / "phones")
         labs.append(lab)
         return lab
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ from tests.conftest import (
     BIN,
     ManagedProcess,
     VirtualLab,
-    VirtualPhone,
     _start_worker,
     _wait_for_log,
-    free_port_range,
     start_process,
     wait_until,
 )
@@ -68,38 +65,14 @@ class ControlledLab:
 
 
 @pytest.fixture
-def controlled_lab(tmp_path: Path, _isolated_services: Path) -> Iterator[Callable[..., ControlledLab]]:
-    from devices.adb_identity import platform_identity  # noqa: PLC0415
-
-    started: list[VirtualLab] = []
-
+def controlled_lab(virtual_phones: Callable[..., VirtualLab]) -> Callable[..., ControlledLab]:
     def start(count: int, *, seed: int, extra: tuple[str, ...] = ()) -> ControlledLab:
-        work = tmp_path / f"lab-{seed}"
-        work.mkdir()
-        keys = work / "adb_keys"
-        keys.write_text(platform_identity().public_key + "\n")
         control = Path(f"/tmp/ff-ctl-{os.getpid()}-{seed}.sock")  # noqa: S108 - AF_UNIX paths are short
-        base = free_port_range(count)
-        argv = [
-            sys.executable, "-m", "devices.virtual", "--phones", str(count), "--base-port", str(base),
-            "--keys", str(keys), "--seed", str(seed), "--lab-dir", str(work / "phones"),
-            "--control-socket", str(control), *extra,
-        ]  # fmt: skip
-        env = dict(os.environ, FEDFLEET_DATA_DIR=str(_isolated_services), PYTHONUNBUFFERED="1")
-        proc = start_process(f"lab-{base}", argv, env, work)
-        _wait_for_log(proc, "READY")
-        phones = []
-        for line in proc.log().splitlines():
-            parts = line.split(None, 2)
-            if len(parts) == 3 and ":" in parts[1]:
-                phones.append(VirtualPhone(serial=parts[0], address=parts[1], model=parts[2]))
-        lab = VirtualLab(phones=phones, process=proc, keys_file=keys)
-        started.append(lab)
-        return ControlledLab(lab, control, work / "phones" / "agent_runs.jsonl")
+        lab = virtual_phones(count, seed=seed, extra=("--control-socket", str(control), *extra))
+        assert lab.lab_dir is not None
+        return ControlledLab(lab, control, lab.lab_dir / "agent_runs.jsonl")
 
-    yield start
-    for lab in started:
-        lab.stop()
+    return start
 
 
 def serials_of(devices: list[Device], lab: ControlledLab) -> dict[int, str]:

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from accounts.roles import OPERATORS
 from devices.models import Device, DeviceStatus
+from tests.training.broker import record_sends
 from tests.training.web_factories import add_client, make_device, make_job, make_round, make_user, operator  # noqa: F401
 from training.engine import client, closing, watchdog
 from training.engine.runtimes.agent_output import PhoneJsonError, parse_agent_output, phone_json
@@ -29,20 +30,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple]]:
     """Record what would be queued (unit tests have no broker)."""
-    from training.engine import tasks  # noqa: PLC0415
-
-    record: list[tuple[str, tuple]] = []
-    for name in ("start_job", "start_round", "close_round", "run_client", "cancel_client"):
-        task = getattr(tasks, name)
-        monkeypatch.setattr(task, "delay", lambda *a, _n=name, **k: record.append((_n, a)))
-        monkeypatch.setattr(task, "delay_on_commit", lambda *a, _n=name, **k: record.append((_n, a)))
-        monkeypatch.setattr(
-            task, "apply_async", lambda a=(), k=None, _n=name, **o: record.append((_n, tuple(a)))
-        )
-        monkeypatch.setattr(
-            task, "apply_async_on_commit", lambda a=(), k=None, _n=name, **o: record.append((_n, tuple(a)))
-        )
-    return record
+    return record_sends(
+        monkeypatch, ("start_job", "start_round", "close_round", "run_client", "cancel_client")
+    )
 
 
 def _leased(phone: Device, job: Job) -> None:

@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 
 from devices.models import DeviceStatus
+from tests.training.broker import record_sends
 from tests.training.web_factories import add_client, make_device, make_job, make_round, operator  # noqa: F401
 from training.engine import closing, prepare, rounds, watchdog
 from training.jobs import storage
@@ -21,20 +22,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple]]:
     """Record what the engine would enqueue (unit tests have no broker)."""
-    from training.engine import tasks  # noqa: PLC0415
-
-    sent: list[tuple[str, tuple]] = []
-    for name in ("start_job", "start_round", "close_round", "run_client"):
-        task = getattr(tasks, name)
-        monkeypatch.setattr(task, "delay", lambda *a, _n=name, **k: sent.append((_n, a)))
-        monkeypatch.setattr(task, "delay_on_commit", lambda *a, _n=name, **k: sent.append((_n, a)))
-        monkeypatch.setattr(
-            task, "apply_async", lambda a=(), k=None, _n=name, **o: sent.append((_n, tuple(a)))
-        )
-        monkeypatch.setattr(
-            task, "apply_async_on_commit", lambda a=(), k=None, _n=name, **o: sent.append((_n, tuple(a)))
-        )
-    return sent
+    return record_sends(monkeypatch, ("start_job", "start_round", "close_round", "run_client"))
 
 
 def _round_with(states: list[str], *, goal: int, job: Any) -> Any:
