@@ -135,9 +135,15 @@ def raw_file(header: object, body: bytes = b"", *, declared: int | None = None) 
         (raw_file({"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, b"\0" * 4), "needs"),
         (raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4), "needs"),
         (raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}, b"\0" * 4), "data_offsets"),
-        (raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}, b"\0" * 4), "data_offsets"),
+        (
+            raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4.0]}}, b"\0" * 4),
+            "data_offsets",
+        ),
         # a huge claimed shape is caught by arithmetic, never allocated
-        (raw_file({"x": {"dtype": "F64", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8), "needs"),
+        (
+            raw_file({"x": {"dtype": "F64", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8),
+            "needs",
+        ),
         (raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 2), "cover"),
         (raw_file({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8), "cover"),
         (
