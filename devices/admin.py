@@ -8,8 +8,17 @@ from devices.models import AvailabilityInterval, Device, Tag, TelemetrySample
 
 @admin.register(Device)
 class DeviceAdmin(admin.ModelAdmin):
-    list_display = ["name", "transport", "address", "status", "battery_level", "model", "last_seen_at"]
-    list_filter = ["status", "transport", "tags"]
+    list_display = [
+        "name",
+        "transport",
+        "address",
+        "runtime",
+        "status",
+        "battery_level",
+        "model",
+        "last_seen_at",
+    ]
+    list_filter = ["status", "transport", "runtime", "tags"]
     search_fields = ["name", "address", "model"]
     readonly_fields = [
         field.name

@@ -12,9 +12,22 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from devices.addresses import AddressError, normalise_address
-from devices.models import DEFAULT_AGENT_PYTHON, DEFAULT_WORK_DIR, Device, DeviceStatus, Transport
+from devices.models import (
+    DEFAULT_AGENT_PORT,
+    DEFAULT_AGENT_PYTHON,
+    DEFAULT_WORK_DIR,
+    Device,
+    DeviceStatus,
+    Runtime,
+    Transport,
+)
 from devices.services import DeviceSettings, normalise_tags
-from devices.validators import normalise_work_dir, validate_agent_python, validate_worker_queue
+from devices.validators import (
+    normalise_work_dir,
+    validate_agent_python,
+    validate_agent_secret,
+    validate_worker_queue,
+)
 
 
 def _clean_address(transport: str | None, raw: str | None) -> str:
@@ -49,6 +62,27 @@ class DeviceForm(forms.Form):
         validators=[validate_worker_queue],
         help_text="Leave blank unless the phone is plugged into another host (devices.<host>).",
     )
+    # Not required: a form (or API call) that does not name them gets the defaults (exec, port 7000).
+    runtime = forms.ChoiceField(
+        choices=Runtime.choices,
+        initial=Runtime.EXEC,
+        required=False,
+        help_text="exec: the shell runs Python (rooted phones, boards, virtual phones); resident: the "
+        "platform keeps agent serve running through the shell; app: stock phones, agent serve in Termux.",
+    )
+    agent_port = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=65535,
+        initial=DEFAULT_AGENT_PORT,
+        help_text="The phone's loopback port for agent serve (resident and app).",
+    )
+    agent_secret = forms.CharField(
+        required=False,
+        max_length=256,
+        validators=[validate_agent_secret],
+        help_text="Leave blank to keep this phone's secret (a new phone gets a generated one).",
+    )
 
     def __init__(self, *args: Any, instance: Device | None = None, **kwargs: Any) -> None:
         self.instance = instance
@@ -61,6 +95,8 @@ class DeviceForm(forms.Form):
                 "agent_python": instance.agent_python,
                 "work_dir": instance.work_dir,
                 "worker_queue": instance.worker_queue,
+                "runtime": instance.runtime,
+                "agent_port": instance.agent_port,
             }
         super().__init__(*args, **kwargs)
 
@@ -120,6 +156,9 @@ class DeviceForm(forms.Form):
             agent_python=data["agent_python"],
             work_dir=data["work_dir"],
             worker_queue=data.get("worker_queue", ""),
+            runtime=data.get("runtime") or Runtime.EXEC,
+            agent_port=data.get("agent_port") or DEFAULT_AGENT_PORT,
+            agent_secret=data.get("agent_secret", ""),
         )
 
 

@@ -10,14 +10,30 @@ phone, and this app never imports training.
 
 from __future__ import annotations
 
+import secrets
+
 from django.db import models
 from django.db.models import Q
 
 from devices.addresses import TRANSPORT_TCP, TRANSPORT_USB
-from devices.validators import validate_agent_python, validate_work_dir, validate_worker_queue
+from devices.validators import (
+    validate_agent_port,
+    validate_agent_python,
+    validate_agent_secret,
+    validate_work_dir,
+    validate_worker_queue,
+)
 
 DEFAULT_AGENT_PYTHON = "python3"
 DEFAULT_WORK_DIR = "/data/local/tmp/fedfleet/"
+DEFAULT_AGENT_PORT = 7000
+APP_WORK_DIR = "/sdcard/fedfleet/"  # where Termux (app mode) and the shell both reach the agent's files
+
+
+def new_agent_secret() -> str:
+    """A phone's agent secret: 32 URL-safe characters (printable ASCII without spaces, as the agent
+    requires; it is typed into Termux in app mode)."""
+    return secrets.token_urlsafe(24)
 
 
 class Transport(models.TextChoices):
@@ -52,6 +68,26 @@ STATUS_COLOURS: dict[str, str] = {
 }
 
 
+class Runtime(models.TextChoices):
+    """How the phone runs the agent (training/engine/runtimes/): once per round over the shell, as a
+    resident process the platform starts over the shell, or as one a person started in Termux (app)."""
+
+    EXEC = "exec", "exec (shell runs the agent each round)"
+    RESIDENT = "resident", "resident (the platform keeps agent serve running)"
+    APP = "app", "app (agent serve started in Termux)"
+
+    @property
+    def colour(self) -> str:
+        return RUNTIME_COLOURS[self.value]
+
+
+RUNTIME_COLOURS: dict[str, str] = {
+    Runtime.EXEC: "grey",
+    Runtime.RESIDENT: "blue",
+    Runtime.APP: "green",
+}
+
+
 class Tag(models.Model):
     """A free label on phones ("lab-a", "rooted"), used for filtering. Stored normalised (lower case)."""
 
@@ -82,6 +118,18 @@ class Device(models.Model):
         blank=True,
         validators=[validate_worker_queue],
         help_text="Queue of the host the phone is plugged into; blank = shared",
+    )
+    runtime = models.CharField(max_length=16, choices=Runtime.choices, default=Runtime.EXEC)
+    agent_port = models.PositiveIntegerField(
+        default=DEFAULT_AGENT_PORT,
+        validators=[validate_agent_port],
+        help_text="The phone's loopback port agent serve listens on (resident and app runtimes)",
+    )
+    # Authenticates the platform to the phone's agent (any app can reach the phone's loopback). Shown to
+    # operators only; it reaches the phone only as the one-line command a person types (app) or as a
+    # 0600 file pushed over ADB (resident), never on a command line or in an environment.
+    agent_secret = models.CharField(
+        max_length=256, default=new_agent_secret, validators=[validate_agent_secret]
     )
 
     status = models.CharField(max_length=16, choices=DeviceStatus.choices, default=DeviceStatus.UNKNOWN)
@@ -125,6 +173,10 @@ class Device(models.Model):
     @property
     def status_colour(self) -> str:
         return STATUS_COLOURS.get(self.status, "grey")
+
+    @property
+    def runtime_colour(self) -> str:
+        return RUNTIME_COLOURS.get(self.runtime, "grey")
 
     @property
     def retired(self) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from accounts.roles import is_operator
 from devices import services
 from devices.forms import DeviceForm
 from devices.models import Device, Transport
@@ -29,6 +30,9 @@ class DeviceSerializer(serializers.ModelSerializer):
             "agent_python",
             "work_dir",
             "worker_queue",
+            "runtime",
+            "agent_port",
+            "agent_secret",
             "status",
             "status_reason",
             "status_changed_at",
@@ -52,7 +56,18 @@ class DeviceSerializer(serializers.ModelSerializer):
             name
             for name in fields
             if name
-            not in {"name", "transport", "address", "tags", "agent_python", "work_dir", "worker_queue"}
+            not in {
+                "name",
+                "transport",
+                "address",
+                "tags",
+                "agent_python",
+                "work_dir",
+                "worker_queue",
+                "runtime",
+                "agent_port",
+                "agent_secret",
+            }
         ]
         # Uniqueness and field rules are DeviceForm's job (one set of messages for UI and API).
         extra_kwargs = {
@@ -61,11 +76,17 @@ class DeviceSerializer(serializers.ModelSerializer):
             "agent_python": {"validators": [], "required": False},
             "work_dir": {"validators": [], "required": False},
             "worker_queue": {"validators": [], "required": False},
+            "runtime": {"required": False},
+            "agent_port": {"validators": [], "required": False},
+            "agent_secret": {"validators": [], "required": False},
         }
 
     def to_representation(self, instance: Device) -> dict[str, Any]:
         data = super().to_representation(instance)
         data["tags"] = sorted(tag.name for tag in instance.tags.all())
+        request = self.context.get("request")
+        if request is None or not is_operator(request.user):  # the agent secret is for operators only
+            data.pop("agent_secret", None)
         return data
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +98,9 @@ class DeviceSerializer(serializers.ModelSerializer):
             "agent_python": attrs.get("agent_python") or DeviceForm.base_fields["agent_python"].initial,
             "work_dir": attrs.get("work_dir") or DeviceForm.base_fields["work_dir"].initial,
             "worker_queue": attrs.get("worker_queue", ""),
+            "runtime": attrs.get("runtime") or DeviceForm.base_fields["runtime"].initial,
+            "agent_port": attrs.get("agent_port") or DeviceForm.base_fields["agent_port"].initial,
+            "agent_secret": attrs.get("agent_secret", ""),
         }
         form = DeviceForm(data=form_data, instance=self.instance)
         if not form.is_valid():

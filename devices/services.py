@@ -22,8 +22,10 @@ from django.utils import timezone
 from devices.addresses import AddressError, normalise_address
 from devices.events import send_fleet_event
 from devices.models import (
+    DEFAULT_AGENT_PORT,
     DEFAULT_AGENT_PYTHON,
     DEFAULT_WORK_DIR,
+    RUNTIME_COLOURS,
     STATUS_COLOURS,
     AvailabilityInterval,
     Device,
@@ -73,6 +75,8 @@ def fleet_row(device: Device) -> dict[str, Any]:
         "ram_total_mb": device.ram_total_mb,
         "cpu_cores": device.cpu_cores,
         "availability_model": device.availability_model,
+        "runtime": device.runtime,
+        "runtime_colour": RUNTIME_COLOURS.get(device.runtime, "grey"),
         "last_seen_at": _iso(device.last_seen_at),
         "lease_job_id": device.lease_job_id,
         "tags": sorted(tag.name for tag in device.tags.all()),
@@ -139,6 +143,9 @@ class DeviceSettings:
     agent_python: str = DEFAULT_AGENT_PYTHON
     work_dir: str = DEFAULT_WORK_DIR
     worker_queue: str = ""
+    runtime: str = "exec"
+    agent_port: int = DEFAULT_AGENT_PORT
+    agent_secret: str = ""  # blank: keep the phone's secret (a new phone gets a fresh one)
 
 
 def _validated(device: Device) -> None:
@@ -175,9 +182,13 @@ def create_device(settings_: DeviceSettings) -> Device:
             agent_python=settings_.agent_python,
             work_dir=settings_.work_dir,
             worker_queue=settings_.worker_queue,
+            runtime=settings_.runtime,
+            agent_port=settings_.agent_port,
             status=DeviceStatus.UNKNOWN,
             status_changed_at=now,
         )
+        if settings_.agent_secret:
+            device.agent_secret = settings_.agent_secret
         _validated(device)
         device.save()
         _set_tags(device, settings_.tags)
@@ -193,6 +204,10 @@ def _apply_settings(device: Device, settings_: DeviceSettings) -> None:
     device.agent_python = settings_.agent_python
     device.work_dir = settings_.work_dir
     device.worker_queue = settings_.worker_queue
+    device.runtime = settings_.runtime
+    device.agent_port = settings_.agent_port
+    if settings_.agent_secret:
+        device.agent_secret = settings_.agent_secret
     _validated(device)
     device.save()
     _set_tags(device, settings_.tags)
@@ -230,6 +245,9 @@ def register_or_update_device(
     tags: Iterable[str] = (),
     agent_python: str = DEFAULT_AGENT_PYTHON,
     work_dir: str = DEFAULT_WORK_DIR,
+    runtime: str = "exec",
+    agent_port: int = DEFAULT_AGENT_PORT,
+    agent_secret: str = "",
 ) -> Device:
     """Idempotent registration for scripts (virtual_lab --register): match by address, then by name.
 
@@ -247,6 +265,9 @@ def register_or_update_device(
         tags=tuple(tags),
         agent_python=agent_python,
         work_dir=work_dir,
+        runtime=runtime,
+        agent_port=agent_port,
+        agent_secret=agent_secret,
     )
     with transaction.atomic():
         by_address = Device.objects.filter(address=normalised).first()

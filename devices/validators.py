@@ -70,3 +70,18 @@ def validate_worker_queue(value: str) -> None:
         )
     if value and not value.startswith("devices"):
         raise ValidationError("Per-host queues are named devices.<host>, e.g. devices.lab-pc-2.")
+
+
+_AGENT_SECRET = re.compile(r"^[\x21-\x7e]{16,256}$")
+
+
+def validate_agent_port(value: int) -> None:
+    if not 0 < int(value) < 65536:
+        raise ValidationError("The agent port must be between 1 and 65535.")
+
+
+def validate_agent_secret(value: str) -> None:
+    """The agent's own rule (training/agent/protocol.py secret_bytes): 16-256 printable ASCII characters
+    without spaces (devices does not import training)."""
+    if not _AGENT_SECRET.match(value):
+        raise ValidationError("The agent secret must be 16-256 printable characters without spaces.")

@@ -73,6 +73,7 @@ class PhoneEndpoint:
     sandbox: Path
     agent_port: int | None = None  # the app's agent's loopback port (phones with the Termux-like app)
     agent_secret: str | None = None  # ... and its secret
+    stock: bool = False  # the shell cannot run python (the agent lives only in the app)
 
     @property
     def address(self) -> str:
@@ -185,6 +186,7 @@ class VirtualLab:
                 p.sandbox.root,
                 agent_port=p.profile.termux.agent_port if p.profile.termux.installed else None,
                 agent_secret=p.agent_secret or None,
+                stock=p.profile.stock,
             )
             for p in self.phones
         ]

@@ -19,6 +19,7 @@ from devices.virtual.lab import LabError, PhoneEndpoint
 from devices.virtual.profile import ProfileError
 
 VIRTUAL_WORK_DIR = "/data/local/tmp/fedfleet/"
+APP_WORK_DIR = "/sdcard/fedfleet/"  # devices/virtual/phone.py APP_WORK_DIR: where the app's agent works
 
 
 class Command(BaseCommand):
@@ -33,6 +34,14 @@ class Command(BaseCommand):
             help="host name the platform should use to reach the phones when registering them (default: the"
             " listening address; docker-compose uses the lab's service name)",
         )
+        parser.add_argument(
+            "--resident",
+            type=int,
+            default=0,
+            metavar="K",
+            help="register K of the phones whose shell runs python with the resident runtime (the"
+            " platform keeps agent serve running); stock phones are always registered in app mode",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         namespace = argparse.Namespace(**options)
@@ -40,6 +49,9 @@ class Command(BaseCommand):
         try:
             config = config_from_args(namespace, default_keys=default_keys, data_dir=data_dir())
             self.advertise_host = namespace.advertise_host
+            if namespace.resident < 0:
+                raise CommandError("--resident must be 0 or more")
+            self.resident = namespace.resident
             on_started = self._register if namespace.register else None
             serve_until_signal(config, self._write_line, on_started=on_started)
         except (LabError, ProfileError) as exc:
@@ -56,12 +68,23 @@ class Command(BaseCommand):
     def _register(self, endpoints: list[PhoneEndpoint]) -> None:
         from devices.services import register_or_update_device  # lazily: the lab itself needs no models
 
+        resident_left = self.resident
         for endpoint in endpoints:
+            runtime, work_dir, port, secret = "exec", VIRTUAL_WORK_DIR, 7000, ""
+            if endpoint.stock and endpoint.agent_port is not None and endpoint.agent_secret:
+                # What a person does for a stock phone: app mode, with the port and secret typed in Termux.
+                runtime, work_dir = "app", APP_WORK_DIR
+                port, secret = endpoint.agent_port, endpoint.agent_secret
+            elif not endpoint.stock and resident_left > 0:
+                runtime, resident_left = "resident", resident_left - 1
             register_or_update_device(
                 name=endpoint.serial,
                 transport="tcp",
                 address=f"{self.advertise_host}:{endpoint.port}" if self.advertise_host else endpoint.address,
-                tags=["virtual"],
+                tags=["virtual", runtime],
                 agent_python="python3",
-                work_dir=VIRTUAL_WORK_DIR,
+                work_dir=work_dir,
+                runtime=runtime,
+                agent_port=port,
+                agent_secret=secret,
             )
