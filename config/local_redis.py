@@ -96,10 +96,14 @@ def answers_ping(port: int) -> bool:
         return False
 
 
-def start_local_redis(data_dir: Path, port: int | None = None, *, timeout_s: float = 10.0) -> LocalRedis:
+def start_local_redis(
+    data_dir: Path, port: int | None = None, *, timeout_s: float = 10.0, new_session: bool = False
+) -> LocalRedis:
     """Run redis-server bound to 127.0.0.1 only, persisting into `data_dir`; wait until it answers PING.
 
-    Started again with the same `data_dir` and port (after a crash), it comes back with its data."""
+    Started again with the same `data_dir` and port (after a crash), it comes back with its data.
+    new_session: its own process group, out of reach of the terminal's Ctrl-C (the demo's supervisor
+    stops it, last)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     # A data dir written before the append-only file was turned on holds only dump.rdb. Started with
@@ -110,6 +114,7 @@ def start_local_redis(data_dir: Path, port: int | None = None, *, timeout_s: flo
         redis_server_argv(data_dir, port, append_only=not switch_to_aof),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=new_session,
     )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

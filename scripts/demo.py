@@ -1,26 +1,30 @@
 """`make demo`: one command from a fresh checkout to a working lab at http://127.0.0.1:8000.
 
 Steps: migrate, create the demo operator, start Redis on loopback (unless REDIS_URL is set), then run
-Daphne, both Celery workers, beat and a 20-phone virtual lab under honcho, which stops them all on Ctrl-C.
-The banner with the URL and the login is printed once the web server answers.
+Daphne, both Celery workers, beat and a 20-phone virtual lab under config/supervisor.py: a process that
+exits is started again (after a backoff, with a restart counter, and the log says so) while the others go
+on; Ctrl-C stops everything. The banner with the URL and the login is printed once the web server answers.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from config.local_redis import start_local_redis  # noqa: E402
+from config.local_redis import LocalRedis, answers_ping, redis_server_argv, start_local_redis  # noqa: E402
 from config.ports import port_is_free  # noqa: E402
+from config.supervisor import Program, Supervisor, install_stop_signals  # noqa: E402
 
 WEB_PORT = int(os.environ.get("FEDFLEET_WEB_PORT", "8000"))
 PHONES = int(os.environ.get("FEDFLEET_DEMO_PHONES", "20"))
@@ -44,7 +48,7 @@ def manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run([PY, "manage.py", *args], cwd=REPO, env=env, check=True)
 
 
-def announce_when_up(password: str) -> None:
+def announce_when_up(password: str, say: Callable[[str], None]) -> None:
     url = f"http://127.0.0.1:{WEB_PORT}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -54,16 +58,32 @@ def announce_when_up(password: str) -> None:
         except OSError:
             time.sleep(0.5)
     bar = "=" * 64
-    print(
-        f"\n{bar}\n  FedFleet lab is up:  {url}\n  login: demo   password: {password}\n"
-        f"  {PHONES} virtual phones are registering in the fleet.  Ctrl-C stops everything.\n{bar}\n",
-        flush=True,
+    say(
+        f"{bar}\n  FedFleet lab is up:  {url}\n  login: demo   password: {password}\n"
+        f"  {PHONES} virtual phones are registering in the fleet.  Ctrl-C stops everything.\n{bar}"
     )
 
 
-def main() -> int:
-    from honcho.manager import Manager
+def lab_programs(env: dict[str, str], redis: LocalRedis | None) -> list[Program]:
+    """What the lab runs, in start order: Redis first (when the demo runs its own), web, workers, beat, lab."""
+    bin_dir = Path(PY).parent
+    commands = {
+        "web": f"{bin_dir}/daphne -b 127.0.0.1 -p {WEB_PORT} config.asgi:application",
+        "devices": f"{bin_dir}/celery -A config worker -Q devices -P threads -c 32 -n devices@%h -l INFO",
+        "training": f"{bin_dir}/celery -A config worker -Q training -P prefork -c 2 -n training@%h -l INFO",
+        "beat": f"{bin_dir}/celery -A config beat -l INFO -s {DATA_DIR}/celerybeat-schedule",
+        "lab": f"{PY} manage.py virtual_lab --phones {PHONES} --seed 1 --warm-zygote --register",
+    }
+    programs = [Program(name, tuple(shlex.split(cmd)), env=env, cwd=REPO) for name, cmd in commands.items()]
+    if redis is not None:
+        # Restarted on the same port and data dir: it comes back with its queues (append-only file).
+        port = redis.port
+        argv = tuple(redis_server_argv(redis.data_dir, port))
+        programs.insert(0, Program("redis", argv, ready=lambda: answers_ping(port), stop_last=True))
+    return programs
 
+
+def main() -> int:
     env = dict(os.environ, FEDFLEET_DATA_DIR=str(DATA_DIR), PYTHONUNBUFFERED="1")
     env.setdefault("DJANGO_DEBUG", "1")
     if not port_is_free(WEB_PORT):
@@ -72,32 +92,25 @@ def main() -> int:
 
     redis = None
     if "REDIS_URL" not in env:
-        redis = start_local_redis(DATA_DIR / "redis", 6379 if port_is_free(6379) else None)
+        port = 6379 if port_is_free(6379) else None
+        redis = start_local_redis(DATA_DIR / "redis", port, new_session=True)
         env["REDIS_URL"] = redis.url
         print(f"redis-server on {redis.url}", flush=True)
 
-    password = demo_password()
-    manage("migrate", "--noinput", env=env)
-    manage("create_demo_user", "--username", "demo", "--password", password, env=env)
-
-    bin_dir = Path(PY).parent
-    manager = Manager()
-    procs = {
-        "web": f"{bin_dir}/daphne -b 127.0.0.1 -p {WEB_PORT} config.asgi:application",
-        "devices": f"{bin_dir}/celery -A config worker -Q devices -P threads -c 32 -n devices@%h -l INFO",
-        "training": f"{bin_dir}/celery -A config worker -Q training -P prefork -c 2 -n training@%h -l INFO",
-        "beat": f"{bin_dir}/celery -A config beat -l INFO -s {DATA_DIR}/celerybeat-schedule",
-        "lab": f"{PY} manage.py virtual_lab --phones {PHONES} --seed 1 --warm-zygote --register",
-    }
-    for name, cmd in procs.items():
-        manager.add_process(name, cmd, env=env, cwd=str(REPO))
-    threading.Thread(target=announce_when_up, args=(password,), daemon=True).start()
     try:
-        manager.loop()
-    finally:
+        password = demo_password()
+        manage("migrate", "--noinput", env=env)
+        manage("create_demo_user", "--username", "demo", "--password", password, env=env)
+    except BaseException:  # a failed migration or Ctrl-C: the Redis in its own session would stay
         if redis is not None:
             redis.stop()
-    return manager.returncode or 0
+        raise
+
+    supervisor = Supervisor(lab_programs(env, redis))
+    install_stop_signals(supervisor)
+    threading.Thread(target=announce_when_up, args=(password, supervisor.say), daemon=True).start()
+    # The Redis started above is the supervisor's first instance of "redis".
+    return supervisor.run(adopted={"redis": redis.process} if redis is not None else None)
 
 
 if __name__ == "__main__":
