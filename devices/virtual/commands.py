@@ -381,6 +381,34 @@ async def cmd_pm(call: Invocation) -> int:
     return 0
 
 
+async def cmd_kill(call: Invocation) -> int:
+    """`kill [-9|-KILL|-TERM|-15|-0] PID...`: a background job of this phone (the shell user's own
+    processes are all a phone's shell can signal); -0 only asks whether it is alive."""
+    words = call.argv[1:]
+    check_only = False
+    if words and words[0].startswith("-"):
+        signal_name = words.pop(0)[1:].upper().removeprefix("SIG")
+        if signal_name not in ("0", "9", "15", "KILL", "TERM"):
+            await call.complain(f"kill: unknown signal '{signal_name}'")
+            return 1
+        check_only = signal_name == "0"
+    if not words:
+        await call.complain("usage: kill [-s SIGNAL | -SIGNAL] PID...")
+        return 1
+    status = 0
+    for word in words:
+        pid = int(word) if word.isdigit() and len(word) <= 9 else None
+        if pid is None:
+            await call.complain(f"kill: {word}: arguments must be process or job IDs")
+            status = 1
+            continue
+        alive = call.phone.job_alive(pid) if check_only else await call.phone.kill_job(pid)
+        if not alive:
+            await call.complain(f"kill: {pid}: No such process")
+            status = 1
+    return status
+
+
 BUILTINS: dict[str, Builtin] = {
     "cat": cmd_cat,
     "cd": cmd_cd,
@@ -392,6 +420,7 @@ BUILTINS: dict[str, Builtin] = {
     "false": cmd_false,
     "getprop": cmd_getprop,
     "id": cmd_id,
+    "kill": cmd_kill,
     "ls": cmd_ls,
     "mkdir": cmd_mkdir,
     "mv": cmd_mv,

@@ -27,7 +27,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,10 @@ class VirtualPhone:
         self.agent_secret = profile.termux.agent_secret or (
             secrets.token_urlsafe(24) if profile.termux.installed else ""
         )
+        # Background jobs the shell started (`cmd &`), by pid: they outlive the shell stream, as a
+        # nohup'ed process outlives `adb shell` (the resident runtime's agent serve).
+        self._jobs: dict[int, asyncio.Task[int]] = {}
+        self._next_pid = 4000 + 7 * index
         self._app_task: asyncio.Task[int] | None = None
         self._app_exit: int | None = None
         self._server: asyncio.Server | None = None
@@ -190,13 +194,49 @@ class VirtualPhone:
             cwd=host_cwd,
             env=self._program_environment(),
         )
-        self.battery.training_started()
+        # A resident agent (`agent.pyz serve`) waits for work most of its life: it does not count as
+        # training for the battery.
+        serving = len(args) > 1 and args[1] == "serve"
+        if not serving:
+            self.battery.training_started()
         self.agents_running += 1
         try:
             return await self._runner.run(launch, out)
         finally:
             self.agents_running -= 1
-            self.battery.training_finished()
+            if not serving:
+                self.battery.training_finished()
+
+    # --- background jobs (shell.py's `&`, commands.py's kill) --------------------------------------
+    def start_job(self, work: Callable[[], Awaitable[int]]) -> int:
+        pid = self._next_pid
+        self._next_pid += 1
+
+        async def run() -> int:
+            try:
+                return await work()
+            finally:
+                self._jobs.pop(pid, None)
+
+        self._jobs[pid] = asyncio.ensure_future(run())
+        return pid
+
+    def job_alive(self, pid: int) -> bool:
+        task = self._jobs.get(pid)
+        return task is not None and not task.done()
+
+    async def kill_job(self, pid: int) -> bool:
+        """Cancelling the job kills its process group (the runner's clean-up), as SIGKILL would."""
+        task = self._jobs.get(pid)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return True
+
+    @property
+    def job_pids(self) -> list[int]:
+        return sorted(pid for pid, task in self._jobs.items() if not task.done())
 
     def _program_environment(self) -> dict[str, str]:
         return agent_environment(
@@ -370,6 +410,8 @@ class VirtualPhone:
     async def stop(self) -> None:
         await self.set_online(False)
         await self.stop_app_agent()
+        for pid in self.job_pids:
+            await self.kill_job(pid)
 
     async def apply_availability(self) -> None:
         wanted = self.should_be_online()

@@ -1,9 +1,11 @@
 """The phone's `/system/bin/sh`, reduced to what the platform and a person at `adb shell` use.
 
 Supported: lists joined by `;`, `&&`, `||`; `'single'` and `"double"` quotes and backslashes (shlex);
-`$?`, `$NAME` and `${NAME}` outside single quotes; redirections `> file`, `>> file`, `2>/dev/null`,
-`2>&1` (output is merged anyway, as legacy `shell:` merges stdout and stderr). Pipes and background jobs
-are a syntax error. Unknown programs print `/system/bin/sh: X: inaccessible or not found` and give 127.
+`$?`, `$!`, `$NAME` and `${NAME}` outside single quotes; redirections `> file`, `>> file`, `2>/dev/null`,
+`2>&1` (output is merged anyway, as legacy `shell:` merges stdout and stderr); a simple command ended by
+`&` runs in the background as a job of the phone (it outlives the shell stream, as a `nohup`ed process
+outlives `adb shell`), `$!` is its pid and `kill` (commands.py) stops it; `nohup CMD` runs CMD. Pipes are
+a syntax error. Unknown programs print `/system/bin/sh: X: inaccessible or not found` and give 127.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ class PhoneView(Protocol):
 
     async def run_python(self, args: list[str], cwd: str, out: Output) -> int: ...
 
+    def start_job(self, work: Callable[[], Awaitable[int]]) -> int:
+        """Run `work` as a background job of the phone; returns its pid."""
+        ...
+
+    def job_alive(self, pid: int) -> bool: ...
+
+    async def kill_job(self, pid: int) -> bool:
+        """Stop a background job (its process group); False if there is none with that pid."""
+        ...
+
 
 class NullOutput:
     async def write(self, data: bytes) -> None:
@@ -49,7 +61,8 @@ class FileOutput:
     """A redirection target inside the sandbox."""
 
     def __init__(self, path: Path, append: bool) -> None:
-        self._file = path.open("ab" if append else "wb")
+        # Unbuffered: a background job's log is read while the job still runs.
+        self._file = path.open("ab" if append else "wb", buffering=0)
 
     async def write(self, data: bytes) -> None:
         self._file.write(data)
@@ -63,6 +76,7 @@ class ShellState:
     cwd: str = "/"
     status: int = 0
     exited: bool = False
+    last_job: int | None = None  # `$!`: the pid of the last background job
     env: dict[str, str] = field(
         default_factory=lambda: {
             "HOME": "/",
@@ -111,6 +125,7 @@ class ShellSyntaxError(ValueError):
 class Segment:
     text: str
     connector: str  # how it joins the previous segment: ";" (or first), "&&", "||"
+    background: bool = False  # ended by `&`: runs as a job, the list goes on at once
 
 
 def split_list(command: str) -> list[Segment]:
@@ -142,7 +157,12 @@ def split_list(command: str) -> list[Segment]:
         elif char == ";" or char == "\n":
             segments.append(Segment("".join(current), connector))
             connector, current = ";", []
-        elif char == "|" or (char == "&" and not command.startswith(">&", i - 1)):
+        elif char == "&" and not command.startswith(">&", i - 1):
+            if not "".join(current).strip():
+                raise ShellSyntaxError("syntax error: '&' unexpected")
+            segments.append(Segment("".join(current), connector, background=True))
+            connector, current = ";", []
+        elif char == "|":
             raise ShellSyntaxError(f"syntax error: '{char}' unexpected")
         elif char == "#" and (not current or current[-1].isspace()):
             break  # a comment runs to the end of the line; commands here are one line
@@ -151,11 +171,12 @@ def split_list(command: str) -> list[Segment]:
         i += 1
     if quote:
         raise ShellSyntaxError("syntax error: unterminated quoted string")
-    segments.append(Segment("".join(current), connector))
+    if "".join(current).strip() or not segments or not segments[-1].background:
+        segments.append(Segment("".join(current), connector))
     return segments
 
 
-_VARIABLE = re.compile(r"\$(\?|\{\?\}|[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
+_VARIABLE = re.compile(r"\$(\?|!|\{\?\}|\{!\}|[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
 
 
 def expand_variables(text: str, state: ShellState) -> str:
@@ -164,6 +185,8 @@ def expand_variables(text: str, state: ShellState) -> str:
 
     def value(match: re.Match[str]) -> str:
         name = match.group(1).strip("{}")
+        if name == "!":
+            return "" if state.last_job is None else str(state.last_job)
         return str(state.status) if name == "?" else state.env.get(name, "")
 
     return "".join(piece if piece.startswith("'") else _VARIABLE.sub(value, piece) for piece in pieces)
@@ -226,10 +249,10 @@ class Shell:
                 continue
             if segment.connector == "||" and self.state.status == 0:
                 continue
-            self.state.status = await self._run_segment(segment.text, out)
+            self.state.status = await self._run_segment(segment.text, out, background=segment.background)
         return self.state.status
 
-    async def _run_segment(self, text: str, out: Output) -> int:
+    async def _run_segment(self, text: str, out: Output, *, background: bool = False) -> int:
         try:
             words = shlex.split(expand_variables(text, self.state))
             argv, redirect = take_redirections(words)
@@ -254,13 +277,40 @@ class Shell:
                 stdout = target
         else:
             stdout = out
+        call = Invocation(self.phone, self.state, argv, stdout, err)
+        if background:
+            return self._start_job(call, target, quiet_output=redirect.stdout is None)
         try:
-            return await self._dispatch(Invocation(self.phone, self.state, argv, stdout, err))
+            return await self._dispatch(call)
         finally:
             if target is not None:
                 target.close()
 
+    def _start_job(self, call: Invocation, target: FileOutput | None, *, quiet_output: bool) -> int:
+        """`cmd &`: the job keeps its own redirections open until it ends; without one its output is
+        dropped (the shell stream it would write to ends long before a resident agent does)."""
+        if quiet_output:
+            call.out = NullOutput()
+        call.err = call.out  # `> log 2>&1 &`: both go to the job's file
+        # Its own state: a job's `cd` must not move the shell that started it.
+        call.state = ShellState(cwd=self.state.cwd, env=dict(self.state.env))
+
+        async def work() -> int:
+            try:
+                return await self._dispatch(call)
+            finally:
+                if target is not None:
+                    target.close()
+
+        self.state.last_job = self.phone.start_job(work)
+        return 0
+
     async def _dispatch(self, call: Invocation) -> int:
+        if call.argv[0] == "nohup":  # nothing to detach from here: a job already outlives its stream
+            call.argv = call.argv[1:]
+            if not call.argv:
+                await call.complain("usage: nohup COMMAND [ARG]...")
+                return NOT_FOUND
         program = call.argv[0]
         if program == self.phone.profile.python and not self.phone.profile.stock:
             return await self.phone.run_python(call.argv[1:], self.state.cwd, call.out)

@@ -139,9 +139,20 @@ def test_split_list_respects_quotes() -> None:
         (";", "false"),
         ("||", "echo e\\;f"),
     ]
-    for bad in ("echo a | grep a", "sleep 1 &", "echo 'open"):
+    for bad in ("echo a | grep a", "& echo a", "echo a; & b", "echo 'open"):
         with pytest.raises(ShellSyntaxError):
             split_list(bad)
+
+
+def test_an_ampersand_ends_a_background_command() -> None:
+    segments = split_list("nohup a > log 2>&1 & echo $! > pid")
+    assert [(s.text.strip(), s.background) for s in segments] == [
+        ("nohup a > log 2>&1", True),
+        ("echo $! > pid", False),
+    ]
+    assert [s.background for s in split_list("sleep 1 &")] == [True]
+    assert expand_variables("echo $! ${!}", ShellState(last_job=4012)) == "echo 4012 4012"
+    assert expand_variables("echo [$!]", ShellState()) == "echo []"
 
 
 def test_variables_and_redirections() -> None:
