@@ -35,10 +35,11 @@ PROBE_INTERVAL_S = env_int("FEDFLEET_PROBE_INTERVAL_S", 10, minimum=1)
 # Redis hands a message that was taken but not acknowledged to another worker after the visibility
 # timeout: it cannot tell a dead worker from a slow one, so the timeout must outlast the longest task or
 # a task still running is delivered twice. The longest are a phone's training run — the round deadline,
-# up to 24 h, hard-limited at 24 h 11 min (training.tasks.CLIENT_TIME_LIMIT_S + 60) — and exact
-# leave-one-out (3 h 1 min). 26 h leaves almost 2 h for a message's wait in a worker's prefetch buffer
-# (the clock starts when the worker takes it, not when the task starts) and for clocks of different
-# hosts (the worker that restores a message compares its own clock with the taker's). The price: the
+# up to 24 h, hard-limited at 24 h 11 min (run_client's time limit) — exact leave-one-out (3 h 1 min), and
+# a round's deadline close, sent with a countdown of up to 24 h that a worker holds unacknowledged.
+# 26 h leaves almost 2 h for a message's wait in a worker's prefetch buffer (the clock starts when the
+# worker takes it, not when the task starts) and for clocks of different hosts (the worker that restores
+# a message compares its own clock with the taker's). The price: the
 # message of a SIGKILLed worker comes back only after 26 h; lost rounds do not wait for it — the watchdog
 # below re-drives them from the database. Tests lower it to watch a redelivery in seconds.
 VISIBILITY_TIMEOUT_S = env_int("FEDFLEET_BROKER_VISIBILITY_TIMEOUT_S", 26 * 3600, minimum=1)

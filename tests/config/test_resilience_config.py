@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from config.celery import VISIBILITY_TIMEOUT_S, WATCHDOG_INTERVAL_S, app
@@ -35,6 +36,17 @@ def test_visibility_timeout_outlasts_every_task_so_none_is_delivered_while_it_ru
     assert longest >= DAY_S  # a phone's run may last a whole 24 h round deadline
     # Margin for the wait in a worker's prefetch buffer and for clock differences between hosts.
     assert VISIBILITY_TIMEOUT_S >= longest + 3600, (VISIBILITY_TIMEOUT_S, longest)
+
+
+def test_visibility_timeout_outlasts_the_longest_round_deadline_a_countdown_waits_for() -> None:
+    """A round's deadline close is sent with a countdown of the deadline; the worker holds it
+    unacknowledged until it is due, so the visibility timeout must outlast the longest deadline too."""
+    from training.jobs.config import JobConfigError, parse_job_config  # noqa: PLC0415
+
+    longest = parse_job_config({"round_deadline_s": DAY_S}).round_deadline_s
+    with pytest.raises(JobConfigError):
+        parse_job_config({"round_deadline_s": DAY_S + 1})
+    assert VISIBILITY_TIMEOUT_S >= longest + 3600
 
 
 def test_the_visibility_timeout_can_be_lowered_for_tests_only_through_the_environment() -> None:
