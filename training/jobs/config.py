@@ -17,6 +17,7 @@ from training.fl.datasets import dataset_names
 from training.fl.nets import model_names
 from training.fl.registry import STRATEGY_NAMES, make_strategy, strategy_defaults
 from training.fl.robust import AGGREGATOR_NAMES
+from training.jobs import simulation_config
 
 PARTITIONS = {
     "iid": "IID (shuffled, equal sizes)",
@@ -87,6 +88,12 @@ class JobConfig:
     backdoor_target: int = 0
     backdoor_trigger_size: int = 2
     backdoor_trigger_value: float = 1.0
+    # Where the job runs: the lab's phones, or N simulated in-process clients (jobs/simulation_config.py).
+    backend: str = "lab"
+    sim_clients: int = 0
+    sim_availability: str = "always"
+    sim_trace: str = ""
+    sim_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def min_reports(self) -> int:
@@ -215,7 +222,9 @@ def parse_job_config(data: Mapping[str, Any]) -> JobConfig:
     for name in known & set(data):
         raw = data[name]
         try:
-            if name in _INT_RANGES:
+            if name in simulation_config.FIELDS:
+                values[name] = simulation_config.parse_field(name, raw)
+            elif name in _INT_RANGES:
                 lo, hi = _INT_RANGES[name]
                 number = _as_int(raw)
                 if not lo <= number <= hi:
@@ -297,6 +306,7 @@ def _check_consistency(config: JobConfig, errors: dict[str, str]) -> None:
         )
     _check_submodel(config, errors)
     _check_influence(config, errors)
+    simulation_config.check(config, errors)
 
 
 def _check_submodel(config: JobConfig, errors: dict[str, str]) -> None:
