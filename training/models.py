@@ -108,7 +108,10 @@ class Participant(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="participants")
     # PROTECT: history is never lost — a phone with jobs in its past is retired, not deleted
     # (devices.services.remove_device), so these rows keep naming it.
-    device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="participations")
+    # A simulated client (backend "simulation") has no phone: device is null and client_index names it.
+    device = models.ForeignKey(
+        "devices.Device", null=True, blank=True, on_delete=models.PROTECT, related_name="participations"
+    )
     client_index = models.PositiveIntegerField()
     num_samples = models.PositiveIntegerField()
     label_counts = models.JSONField(default=list)
@@ -138,7 +141,25 @@ class Participant(models.Model):
 
     @property
     def client_id(self) -> str:
-        return str(self.device_id)
+        """The id strategies know the client by: its phone's id, or a simulated client's sim_client_id."""
+        return str(self.device_id) if self.device_id is not None else sim_client_id(self.client_index)
+
+    @property
+    def display_name(self) -> str:
+        return self.device.name if self.device is not None else sim_client_name(self.client_index)
+
+
+def sim_client_id(index: int) -> str:
+    """A simulated client's id: zero-padded, so that ids sort (strategies sort them) in index order."""
+    return f"s{index:05d}"
+
+
+def sim_client_name(index: int) -> str:
+    return f"sim-{index:05d}"
+
+
+def sim_client_index(client_id: str) -> int:
+    return int(client_id[1:])
 
 
 class RoundStatus(models.TextChoices):
@@ -257,8 +278,12 @@ IN_FLIGHT_STATES = (ClientState.SELECTED, ClientState.PUSHING, ClientState.TRAIN
 class ClientResult(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="client_results")
     round = models.ForeignKey(Round, on_delete=models.CASCADE, related_name="client_results")
-    # PROTECT, as Participant's: a phone with history is retired, never deleted.
-    device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="client_results")
+    # PROTECT, as Participant's: a phone with history is retired, never deleted. Simulated clients have
+    # no phone: device is null and client_index names the client (rows exist only for selected clients).
+    device = models.ForeignKey(
+        "devices.Device", null=True, blank=True, on_delete=models.PROTECT, related_name="client_results"
+    )
+    client_index = models.PositiveIntegerField(null=True, blank=True)
     state = models.CharField(max_length=10, choices=ClientState.choices, default=ClientState.SELECTED)
     reason = models.CharField(max_length=300, blank=True)
     num_samples = models.PositiveIntegerField(null=True, blank=True)
@@ -286,10 +311,23 @@ class ClientResult(models.Model):
         ordering = ["round_id", "device_id"]
         constraints = [
             models.UniqueConstraint(fields=["round", "device"], name="client_result_unique"),
+            models.UniqueConstraint(
+                fields=["round", "client_index"],
+                condition=models.Q(device__isnull=True),
+                name="client_result_unique_simulated",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"round {self.round_id} device {self.device_id}: {self.state}"
+
+    @property
+    def client_id(self) -> str:
+        return str(self.device_id) if self.device_id is not None else sim_client_id(self.client_index or 0)
+
+    @property
+    def client_name(self) -> str:
+        return self.device.name if self.device is not None else sim_client_name(self.client_index or 0)
 
     @property
     def state_badge(self) -> str:
@@ -298,7 +336,8 @@ class ClientResult(models.Model):
     def snapshot(self) -> dict[str, Any]:
         return {
             "device": self.device_id,
-            "device_name": self.device.name,
+            "device_name": self.client_name,
+            "client": self.client_id,
             "round": self.round.number,
             "state": self.state,
             "reason": self.reason,
@@ -356,8 +395,11 @@ class ClientInfluence(models.Model):
     accuracy > 0 means the accuracy would rise without it (it harms)."""
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="influences")
-    # PROTECT, as Participant's: a phone with history is retired, never deleted.
-    device = models.ForeignKey("devices.Device", on_delete=models.PROTECT, related_name="+")
+    # PROTECT, as Participant's: a phone with history is retired, never deleted. Simulated: null device.
+    device = models.ForeignKey(
+        "devices.Device", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    client_index = models.PositiveIntegerField(null=True, blank=True)
     round_number = models.PositiveIntegerField()
     selected = models.BooleanField(default=False)  # its update entered this round
     loss = models.FloatField(null=True, blank=True)  # L(w_t + ε_t) − L(w_t) on the test set
