@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from devices.adb import AdbConnection
 from devices.models import Device
 
 log = logging.getLogger(__name__)
@@ -74,3 +75,39 @@ def panels_for(device: Device) -> list[DevicePanel]:
         if panel is not None:
             panels.append(panel)
     return panels
+
+
+# --- agent checks: what a health probe asks a phone's resident agent --------------------------------
+# A probe of a phone in the app runtime should say whether its agent is there and knows the phone's
+# secret ("agent not running", "wrong agent secret"), but the agent's protocol belongs to training. A
+# check gets the probe's open connection and the phone, and returns (status, reason) to record instead of
+# "online", or None when the agent is fine. The training app registers its check in ready().
+AgentCheck = Callable[[AdbConnection, Device], tuple[str, str] | None]
+AGENT_CHECKS: list[AgentCheck] = []
+
+
+def register_agent_check(check: AgentCheck) -> AgentCheck:
+    if check not in AGENT_CHECKS:
+        AGENT_CHECKS.append(check)
+    return check
+
+
+def unregister_agent_check(check: AgentCheck) -> None:
+    if check in AGENT_CHECKS:
+        AGENT_CHECKS.remove(check)
+
+
+def check_agent(conn: AdbConnection, device: Device) -> tuple[str, str] | None:
+    """The first registered check's verdict; a check that raises is logged and ignored (the phone's
+    ADB answered, which is what the probe is about)."""
+    for check in list(AGENT_CHECKS):
+        try:
+            verdict = check(conn, device)
+        except Exception:  # noqa: BLE001 - an extension's bug must not fail the probe
+            log.exception(
+                "agent check %s failed for device %s", getattr(check, "__qualname__", check), device.pk
+            )
+            continue
+        if verdict is not None:
+            return verdict
+    return None

@@ -48,6 +48,7 @@ def probe_device(device_id: int) -> str:
             device.address,
             connect_timeout_s=settings.FEDFLEET_PROBE_CONNECT_TIMEOUT_S,
             command_timeout_s=settings.FEDFLEET_PROBE_CONNECT_TIMEOUT_S,
+            device=device,
         )
         try:
             services.apply_probe_result(

@@ -32,6 +32,12 @@ from devices.models import AvailabilityInterval, Device, DeviceStatus, Tag, Tele
 from devices.probing import probe_address
 from devices.tasks import enqueue_probe
 
+# What "Test connection" says about the runtime it detected (devices.probing.detect_runtime).
+RUNTIME_ADVICE = {
+    "app": "Its shell runs no Python but Termux is installed: a stock phone — choose the app runtime "
+    "(work dir /sdcard/fedfleet/) and start the agent in Termux with the command its page shows.",
+    "exec": "Its shell runs Python: the exec runtime works; resident keeps the agent loaded between rounds.",
+}
 HISTORY_HOURS_DEFAULT = 24
 HISTORY_HOURS_MAX = 24 * 7
 
@@ -183,16 +189,18 @@ def adb_key(request: HttpRequest) -> HttpResponse:
 def _connection_check(transport: str, address: str) -> dict[str, Any]:
     """Probe a phone that may not be registered yet, and explain the result to a person."""
     timeout = float(settings.FEDFLEET_PROBE_CONNECT_TIMEOUT_S)
-    outcome = probe_address(transport, address, connect_timeout_s=timeout)
+    outcome = probe_address(transport, address, connect_timeout_s=timeout, detect=True)
     if outcome.status == DeviceStatus.ONLINE and outcome.telemetry is not None:
         props = outcome.telemetry.properties
         described = " ".join(part for part in (props.manufacturer, props.model) if part) or "a phone"
         android = f", Android {props.android_release}" if props.android_release else ""
+        runtime = RUNTIME_ADVICE.get(outcome.runtime, "")
         return {
             "result": "online",
-            "message": f"Connected: {described}{android}.",
+            "message": f"Connected: {described}{android}.{' ' + runtime if runtime else ''}",
             "model": props.model,
             "android_release": props.android_release,
+            "runtime": outcome.runtime,
         }
     if outcome.status == DeviceStatus.UNAUTHORIZED:
         identity = platform_identity()

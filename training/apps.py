@@ -10,11 +10,12 @@ class TrainingConfig(AppConfig):
     verbose_name = "Federated training"
 
     def ready(self) -> None:
-        from devices.extensions import register_device_panel  # noqa: PLC0415
+        from devices.extensions import register_agent_check, register_device_panel  # noqa: PLC0415
         from training.analysis import tasks as analysis_tasks  # noqa: F401, PLC0415
         from training.analysis.hooks import enqueue_round_analysis  # noqa: PLC0415
         from training.engine import scaffold_notes  # noqa: PLC0415
         from training.engine import tasks as engine_tasks  # noqa: F401, PLC0415
+        from training.engine.runtimes import app as app_runtime  # noqa: PLC0415
         from training.jobs.signals import round_committed  # noqa: PLC0415
         from training.web import device_panel  # noqa: PLC0415
 
@@ -22,6 +23,9 @@ class TrainingConfig(AppConfig):
         # commands): training/jobs/dispatch.py sends them by name.
         # The device page shows the phone's federated jobs without devices importing training.
         register_device_panel(device_panel.participation_panel)
+        # Health probes of app-mode phones ask their agent over tcp: ("agent not running", "wrong agent
+        # secret") without devices knowing the agent's protocol.
+        register_agent_check(app_runtime.probe_agent)
         round_committed.connect(scaffold_notes.note_ci_resets, dispatch_uid="training.scaffold_ci_resets")
         # Client influence and the declared backdoor test, after every committed round (training queue).
         round_committed.connect(enqueue_round_analysis, dispatch_uid="training.analysis.rounds")

@@ -160,6 +160,11 @@ class ZygoteRunner:
         finally:
             if pid and not finished:
                 kill_group(pid)
+                # Wait (briefly) for the zygote to reap it, as SubprocessRunner waits: a killed program
+                # must be gone when its kill returns — a restarted agent would otherwise find its
+                # predecessor still holding the phone's port.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(status_reader.readline(), 2.0)
             pipe_transport.close()
             status_writer.close()
             with contextlib.suppress(Exception):

@@ -42,8 +42,14 @@ button?.addEventListener("click", async () => {
       headers: { "X-CSRFToken": form.elements.csrfmiddlewaretoken.value, Accept: "application/json" },
     });
     const result = await response.json();
-    if (result.result === "online") show("online", "Online", [result.message]);
-    else if (result.result === "unauthorized") {
+    if (result.result === "online") {
+      show("online", "Online", [result.message]);
+      // A stock phone with Termux: preselect what it needs (the person can still change it).
+      if (result.runtime === "app" && form.elements.runtime) {
+        form.elements.runtime.value = "app";
+        if (form.elements.work_dir) form.elements.work_dir.value = "/sdcard/fedfleet/";
+      }
+    } else if (result.result === "unauthorized") {
       show("unauthorized", "Unauthorized", [result.message, `Platform key fingerprint: ${result.fingerprint}`], result.how_to || []);
     } else if (result.result === "offline") show("offline", "Offline", [result.message]);
     else if (result.result === "invalid") {
