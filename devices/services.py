@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,23 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def _fresh(device_id: int) -> Device:
     return Device.objects.prefetch_related("tags").get(pk=device_id)
+
+
+# --- app mode: what a person types in Termux -------------------------------------------------------
+TERMUX_SECRET_FILE = "~/.fedfleet-agent-secret"  # noqa: S105 - a file name, in Termux's home
+
+
+def termux_command(device: Device) -> str:
+    """The line a person types in Termux to start this phone's agent (app runtime; shown to operators
+    only, as it holds the secret). The secret goes into a 0600 file in Termux's home, never onto the
+    agent's command line; agent.pyz runs from the phone's work dir on shared storage, which the
+    platform's ADB reaches too; termux-wake-lock keeps the phone from sleeping it away."""
+    work_dir = device.work_dir.rstrip("/") or "/"
+    return (
+        f"umask 077 && echo {shlex.quote(device.agent_secret)} > {TERMUX_SECRET_FILE} && "
+        f"termux-wake-lock; cd {shlex.quote(work_dir)} && "
+        f"python agent.pyz serve --port {int(device.agent_port)} --secret-file {TERMUX_SECRET_FILE}"
+    )
 
 
 # --- registration --------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from devices.adb_identity import platform_identity
 from devices.extensions import panels_for
 from devices.filters import DeviceFilterSet
 from devices.forms import ConnectionTestForm, DeviceForm
-from devices.models import AvailabilityInterval, Device, DeviceStatus, Tag, TelemetrySample
+from devices.models import AvailabilityInterval, Device, DeviceStatus, Runtime, Tag, TelemetrySample
 from devices.probing import probe_address
 from devices.tasks import enqueue_probe
 
@@ -62,6 +62,13 @@ def fleet(request: HttpRequest) -> HttpResponse:
         "active_status": request.GET.get("status", ""),
         "active_tag": request.GET.get("tag", ""),
         "availability_models": services.availability_model_counts(),
+        # The Termux command of each app-mode phone (it holds the phone's secret: operators only).
+        "app_phones": [
+            (device, services.termux_command(device))
+            for device in Device.objects.filter(runtime=Runtime.APP).exclude(status=DeviceStatus.RETIRED)
+        ]
+        if is_operator(request.user)
+        else [],
     }
     return render(request, "devices/fleet.html", context)
 

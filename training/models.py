@@ -338,6 +338,8 @@ class ClientResult(models.Model):
             "device": self.device_id,
             "device_name": self.client_name,
             "client": self.client_id,
+            # How the client runs the agent (exec / resident / app); simulated clients run in-process.
+            "runtime": self.device.runtime if self.device is not None else "simulated",
             "round": self.round.number,
             "state": self.state,
             "reason": self.reason,

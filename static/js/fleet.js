@@ -67,18 +67,29 @@ function modelCell(row) {
   return cell;
 }
 
+function runtimeTag(row) {
+  const runtime = row.runtime || "exec";
+  return el("span", { className: `runtime-tag runtime-${runtime}`, textContent: runtime, title: "how this phone runs the agent", dataset: { testid: "runtime" } });
+}
+
 function renderRow(row) {
   const link = el("a", { href: table.dataset.detailUrlTemplate.replace("/0/", `/${row.id}/`), textContent: row.name });
   const name = el("td", {}, [link, el("div", { className: "muted small mono", textContent: row.address })]);
   const badge = el("span", { className: `badge badge-${row.status_colour}`, textContent: row.status_label, title: row.status_reason || "" });
   badge.dataset.testid = "status";
+  const status = el("td", {}, [badge, " ", runtimeTag(row)]);
+  // Why a resident or app agent is not ready ("agent not running", "wrong agent secret", "agent
+  // outdated, upgrading") is written out, not only in the badge's tooltip.
+  if (row.runtime && row.runtime !== "exec" && row.status_reason && row.status_reason.includes("agent")) {
+    status.append(el("div", { className: "small agent-reason", textContent: row.status_reason, dataset: { testid: "agent-reason" } }));
+  }
   const android = el("td", {}, [row.android_release || "–"]);
   if (row.sdk_int) android.append(" ", el("span", { className: "muted small", textContent: `(SDK ${row.sdk_int})` }));
   const seen = row.last_seen_at ? el("time", { dateTime: row.last_seen_at, textContent: timeAgo(row.last_seen_at) })
                                 : el("span", { className: "muted", textContent: "never" });
   const tags = el("td", {}, row.tags.map((t) => el("span", { className: "tag", textContent: t })));
   return el("tr", { dataset: { deviceId: String(row.id) } }, [
-    name, el("td", {}, [badge]), el("td", {}, [batteryCell(row)]),
+    name, status, el("td", {}, [batteryCell(row)]),
     modelCell(row), android, el("td", {}, [seen]), tags,
   ]);
 }

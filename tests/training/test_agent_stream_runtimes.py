@@ -21,6 +21,7 @@ from devices import adb, services
 from devices.adb_identity import platform_identity
 from devices.models import Device, DeviceStatus
 from devices.probing import probe
+from devices.services import termux_command
 from devices.virtual.lab import LabConfig, LabThread
 from devices.virtual.profile import PhoneProfile, TermuxProfile, stock_android
 from tests.agent.serving import tiny_job
@@ -28,7 +29,7 @@ from tests.conftest import wait_until
 from training.agent.build import pyz_bytes
 from training.engine.runtimes import runtime_for
 from training.engine.runtimes.agent_stream import AgentDied, AgentRefusedSecret, open_agent
-from training.engine.runtimes.app import probe_agent, termux_command
+from training.engine.runtimes.app import probe_agent
 from training.engine.runtimes.base import (
     AgentRun,
     ClientOffline,
@@ -191,9 +192,15 @@ def test_an_app_agent_killed_mid_round_fails_the_phone_and_then_says_not_running
         device, tmp_path, 903, lambda: lab.call(lambda v: v.phone("vr-app").stop_app_agent())
     )
     assert isinstance(failure, AgentDied) and failure.reason().startswith("agent connection lost")
+    with adb.connect(adb.Target("tcp", device.address)) as conn:
+        conn.shell("rm /sdcard/fedfleet/agent.pyz")
     with pytest.raises(ClientOffline, match="agent not running"):
         with runtime_for(device).session(device, RoundRef(903, 2, 0)):
             pass
+    # ...and the platform put agent.pyz back where the person's Termux command runs it.
+    with adb.connect(adb.Target("tcp", device.address)) as conn:
+        placed = conn.shell("sha256sum /sdcard/fedfleet/agent.pyz").split()[0]
+    assert placed == agent_build().sha256
     outcome = probe(adb.Target("tcp", device.address), device=device)
     assert outcome.status == DeviceStatus.OFFLINE and outcome.reason.startswith("agent not running")
     lab.call(lambda v: v.phone("vr-app").start_app_agent())  # the person starts it again

@@ -2,16 +2,17 @@
 once in Termux (the fleet page shows the one-line command with this phone's secret, and how to keep it
 alive through sleep); the platform only opens `tcp:` streams to it, checks its hash and upgrades it over
 the stream (agent_stream.py). Nothing here starts an agent: a phone whose agent is gone says so.
+The command itself is devices.services.termux_command (the fleet page shows it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import shlex
 
 from devices import adb
 from devices import services as device_services
 from devices.models import Device, DeviceStatus
+from devices.services import termux_command  # noqa: F401 - the command this runtime relies on
 from training.agent import protocol
 from training.engine.runtimes.agent_stream import (
     NOT_RUNNING,
@@ -23,21 +24,8 @@ from training.engine.runtimes.agent_stream import (
     up_to_date,
 )
 from training.engine.runtimes.base import ClientError, ClientOffline
-from training.engine.runtimes.exec_shell import agent_build
-
-SECRET_FILE = "~/.fedfleet-agent-secret"  # noqa: S105 - a file name, in Termux's home
-
-
-def termux_command(device: Device) -> str:
-    """The line a person types in Termux to start this phone's agent (secret included: it is shown to
-    operators only). The secret goes into a 0600 file in Termux's home, never onto the agent's command
-    line, and agent.pyz runs from the phone's work dir on shared storage (the platform's ADB can reach it)."""
-    work_dir = device.work_dir.rstrip("/") or "/"
-    return (
-        f"umask 077 && echo {shlex.quote(device.agent_secret)} > {SECRET_FILE} && "
-        f"termux-wake-lock; cd {shlex.quote(work_dir)} && "
-        f"python agent.pyz serve --port {int(device.agent_port)} --secret-file {SECRET_FILE}"
-    )
+from training.engine.runtimes.exec_shell import agent_build, push_if_changed, remote_sha256
+from training.jobs import storage
 
 
 def mark_wrong_secret(device: Device) -> None:
@@ -55,11 +43,21 @@ class AppRuntime(AgentStreamRuntime):
         try:
             client = open_agent(conn, device)
         except adb.StreamRefused as exc:
+            place_agent(conn, device)
             raise ClientOffline(f"{NOT_RUNNING}: start it in Termux (the fleet page shows how)") from exc
         except AgentRefusedSecret:
             mark_wrong_secret(device)
             raise
         return up_to_date(conn, device, client)
+
+
+def place_agent(conn: adb.AdbConnection, device: Device) -> None:
+    """Put the current agent.pyz where the person's Termux command runs it (the work dir is on shared
+    storage, which the shell user can write even on a stock phone), so that command just works."""
+    agent = storage.phone_agent_path(device.work_dir)
+    build = agent_build()
+    current = remote_sha256(conn, [agent], make_dirs=[device.work_dir])
+    push_if_changed(conn, build.path, agent, build.sha256, current)
 
 
 def probe_agent(conn: adb.AdbConnection, device: Device) -> tuple[str, str] | None:
