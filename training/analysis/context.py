@@ -81,7 +81,13 @@ def influence_decision(config: JobConfig, num_parameters: int) -> tuple[bool, st
 def job_context(job: Job) -> JobAnalysisContext:
     config = parse_job_config(job.config)
     splits = _dataset(config)
-    spec = model_spec_for(config.model, input_shape=splits.feature_shape, num_classes=splits.num_classes)
+    spec = model_spec_for(
+        config.model,
+        input_shape=splits.feature_shape,
+        num_classes=splits.num_classes,
+        **splits.model_kwargs,
+        **config.model_params,
+    )
     parameters = count_parameters(build_model_from_spec(spec))
     enabled, reason = influence_decision(config, parameters)
     server_lr = config.algorithm_params.get("server_lr", 1.0)

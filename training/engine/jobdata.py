@@ -35,6 +35,7 @@ def job_model_spec(config: JobConfig, splits: DatasetSplits) -> dict[str, Any]:
         input_shape=splits.feature_shape,
         num_classes=splits.num_classes,
         **splits.model_kwargs,  # e.g. the CTR model's embedding table sizes
+        **config.model_params,  # the job's sizes (hidden widths, channels, a plug-in's parameters)
     )
 
 

@@ -58,6 +58,9 @@ class JobConfig:
     partition: str = "iid"
     partition_param: float | None = None
     model: str = "mlp"
+    # The model's own sizes (hidden widths, channels, a plug-in's parameters), checked against its
+    # declaration (nets.validate_model_params); what is not given takes the declared default.
+    model_params: dict[str, Any] = field(default_factory=dict)
     algorithm: str = "fedavg"
     algorithm_params: dict[str, Any] = field(default_factory=dict)
     aggregator: str = "mean"
@@ -192,7 +195,11 @@ def _parse_tags(value: Any) -> tuple[str, ...]:
     return tags
 
 
-def _parse_params(value: Any) -> dict[str, Any]:
+MAX_PARAM_LIST_ITEMS = 64
+
+
+def _parse_params(value: Any, *, lists: bool = False) -> dict[str, Any]:
+    """A JSON object of scalar parameters; with `lists`, short lists of numbers too (layer widths)."""
     if value in (None, ""):
         return {}
     if not isinstance(value, Mapping):
@@ -205,6 +212,10 @@ def _parse_params(value: Any) -> dict[str, Any]:
             if isinstance(item, float) and not math.isfinite(item):
                 raise ValueError(f"{key} must be a finite number")
             out[key] = item
+        elif lists and isinstance(item, list | tuple) and len(item) <= MAX_PARAM_LIST_ITEMS:
+            if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in item):
+                raise ValueError(f"{key} must be a list of numbers")
+            out[key] = list(item)
         else:
             raise ValueError(f"{key} must be a number, string or boolean")
     return out
@@ -247,6 +258,8 @@ def parse_job_config(data: Mapping[str, Any]) -> JobConfig:
                 values[name] = _as_bool(raw)
             elif name == "device_tags":
                 values[name] = _parse_tags(raw)
+            elif name == "model_params":
+                values[name] = _parse_params(raw, lists=True)
             elif name.endswith("_params"):
                 values[name] = _parse_params(raw)
             elif name == "name":
@@ -262,10 +275,36 @@ def parse_job_config(data: Mapping[str, Any]) -> JobConfig:
     if errors:
         raise JobConfigError(errors)
     config = dataclasses.replace(DEFAULTS, **values)
+    config = _check_declared_params(config, errors)
     _check_consistency(config, errors)
     if errors:
         raise JobConfigError(errors)
     return config
+
+
+def _check_declared_params(config: JobConfig, errors: dict[str, str]) -> JobConfig:
+    """The model's and the data set's parameters against their declarations (built-in or plug-in): one
+    message per field listing every problem. The given keys keep their checked values (so a spec that
+    set nothing stays as it was before the sizes were parameters); defaults are not written in."""
+    from training.fl.datasets import validate_dataset_params  # noqa: PLC0415 - see _dataset_classes
+    from training.fl.nets import validate_model_params  # noqa: PLC0415
+    from training.fl.plugins import ParamError  # noqa: PLC0415
+
+    checked: dict[str, Any] = {}
+    for name, check, subject, given in (
+        ("model_params", validate_model_params, config.model, config.model_params),
+        ("dataset_params", validate_dataset_params, config.dataset, config.dataset_params),
+    ):
+        try:
+            values = check(subject, given)
+        except ParamError as exc:
+            errors[name] = "; ".join(exc.problems)
+            continue
+        except ValueError as exc:  # a plug-in that is not available
+            errors[name] = str(exc)
+            continue
+        checked[name] = {key: values[key] for key in given}
+    return dataclasses.replace(config, **checked)
 
 
 def strategy_params(config: JobConfig) -> dict[str, Any]:
