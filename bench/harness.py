@@ -43,6 +43,8 @@ class BenchLab:
         lab_args: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
         register_order: list[int] | None = None,
+        killable: bool = False,
+        control: bool = False,
     ) -> None:
         self.phones = phones
         self.profiles = profiles
@@ -55,8 +57,15 @@ class BenchLab:
         # Lab phone indices in the order they are registered. The engine numbers a job's clients in
         # registration (pk) order, so this decides which client -- and data shard -- each phone gets.
         self.register_order = register_order
+        # killable: every process in its own session, so kill() takes a process with its children (a
+        # prefork worker's pool) as a crashed host would, and restart() starts it again.
+        self.killable = killable
         self.work = Path(tempfile.mkdtemp(prefix="fedfleet-bench-"))
+        # control: the lab opens its control channel here (devices/virtual/control.py)
+        self.control_socket = self.work / "lab.sock" if control else None
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.named: dict[str, subprocess.Popen[bytes]] = {}  # the live process of each name
+        self._argv: dict[str, list[str]] = {}
         self.resumes: dict[int, int] = {}  # job id -> times run_job resumed it (auto_resume)
         self.phone_lines: list[str] = []
 
@@ -106,10 +115,61 @@ class BenchLab:
         self.redis.stop()
 
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-        process = subprocess.Popen(argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        # appended: a restarted process keeps the log of the one before it
+        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.killable,
+        )
         self.processes.append(process)
+        self.named[name] = process
+        self._argv[name] = argv
         return process
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout_s: float = 30) -> None:
+        """Signal a process (with its whole group when killable) and wait until it is gone."""
+        process = self.named[name]
+        if process.poll() is None:
+            if self.killable:
+                os.killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+            process.wait(timeout=timeout_s)
+
+    def restart(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a process again with the command line it was first started with."""
+        if self.named[name].poll() is None:
+            raise RuntimeError(f"{name} is still running")
+        return self._start(name, self._argv[name])
+
+    def start_web(self, port: int) -> None:
+        """Daphne on 127.0.0.1:port, as `make demo` runs it; web_answers() says when it serves."""
+        self.web_port = port
+        self._start(
+            "web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+        )
+
+    def web_answers(self, path: str = "/accounts/login/") -> bool:
+        import urllib.request  # noqa: PLC0415
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=2) as reply:  # noqa: S310 - loopback
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def crash_redis(self) -> None:
+        """SIGKILL Redis: no shutdown save; what survives is what its append-only file held."""
+        self.redis.process.kill()
+        self.redis.process.wait(timeout=10)
+
+    def restart_redis(self) -> None:
+        """Redis again on the same port and data dir (config/local_redis.py), as a supervisor would."""
+        self.redis = start_local_redis(self.redis.data_dir, self.redis.port)
 
     def _start_lab(self) -> None:
         from devices.adb_identity import platform_identity  # noqa: PLC0415
@@ -120,6 +180,8 @@ class BenchLab:
         argv = [sys.executable, "-m", "devices.virtual", "--phones", str(self.phones), "--base-port",
                 str(base_port), "--keys", str(keys), "--seed", str(self.seed), "--lab-dir",
                 str(self.work / "lab"), "--warm-zygote", *self.lab_args]  # fmt: skip
+        if self.control_socket is not None:
+            argv += ["--control-socket", str(self.control_socket)]
         if self.profiles:
             argv += ["--profiles", str(self.profiles)]
         process = self._start("lab", argv)
