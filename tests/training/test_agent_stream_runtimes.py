@@ -133,6 +133,10 @@ def train_round(device: Device, tmp: Path, job_id: int) -> tuple[AgentRun, list[
         with pytest.raises(OutputTooLarge) as too_large:
             session.collect([("update.safetensors", tmp / "small")], max_bytes=100)
         assert too_large.value.name == "update.safetensors" and not (tmp / "small").exists()
+        # Both outputs in one answer (the `result` request): the agent checks the limit before sending.
+        with pytest.raises(OutputTooLarge) as too_large:
+            session.collect([("update.safetensors", tmp / "u2"), ("result.json", tmp / "r2")], max_bytes=100)
+        assert too_large.value.name == "update.safetensors" and not (tmp / "u2").exists()
         with pytest.raises(OutputMissing):
             session.collect([("request.safetensors", tmp / "none")], max_bytes=100)
         # A second round of the same job finds the shard there: nothing but the payload moves.

@@ -566,6 +566,35 @@ class AgentClient:
             self._guard(lambda: send_file_frame(self._sock, self._session, header, source, size))
         return self._answer(rid, "ok")[0]
 
+    def put_files(self, files: list[tuple[str, Path]]) -> list[dict[str, Any]]:
+        """put_file() for several files, pipelined: every frame is sent before the first answer is read
+        (the agent answers them in order), so a round's payload costs one round trip, not one per file."""
+        rids = []
+        for path, local in files:
+            check_relative_path(path)
+            with Path(local).open("rb") as source:
+                size = os.fstat(source.fileno()).st_size
+                rid = self._take_id()
+                header = {"type": "put", "id": rid, "path": path, "size": size}
+                self._guard(
+                    lambda h=header, f=source, n=size: send_file_frame(self._sock, self._session, h, f, n)
+                )
+            rids.append(rid)
+        return [self._answer(rid, "ok")[0] for rid in rids]
+
+    def remove_and_hash(self, remove: str, paths: list[str]) -> tuple[bool, dict[str, str | None]]:
+        """remove() then hashes(), pipelined (one round trip): what a round's preparation asks."""
+        check_relative_path(remove)
+        for path in paths:
+            check_relative_path(path)
+        remove_id = self._request({"type": "remove", "path": remove})
+        hashes_id = self._request({"type": "hashes", "paths": list(paths)})
+        removed = bool(self._answer(remove_id, "ok")[0].get("removed"))
+        answer = self._answer(hashes_id, "ok")[0].get("sha256")
+        if not isinstance(answer, dict) or set(answer) != set(paths):
+            raise self._violation("hashes answered for other paths")
+        return removed, {path: value if isinstance(value, str) else None for path, value in answer.items()}
+
     def get(self, path: str, *, max_bytes: int) -> bytes:
         check_relative_path(path)
         rid = self._request({"type": "get", "path": path, "max_bytes": int(max_bytes)})

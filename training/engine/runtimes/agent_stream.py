@@ -32,6 +32,7 @@ from devices import adb
 from devices import services as device_services
 from devices.models import Device, DeviceStatus
 from training.agent import protocol
+from training.agent.round_config import RESULT_FILE, UPDATE_FILE
 from training.engine.runtimes.base import (
     AgentRun,
     ClientError,
@@ -193,9 +194,9 @@ class AgentStreamSession:
     def prepare(self, job_files: JobFiles, *, send_union: bool) -> Prepared:
         with agent_errors(self.conn):
             wanted = [self.shard, *([self.union] if job_files.union is not None else [])]
-            current = self.client.hashes(wanted)
-            # Earlier rounds' dirs of this job (the phone is leased to one job, one round at a time).
-            self.client.remove(self.rounds)
+            # Earlier rounds' dirs of this job go first (the phone is leased to one job, one round at a
+            # time); one round trip for both questions.
+            _, current = self.client.remove_and_hash(self.rounds, wanted)
             pushed = union = 0
             if current.get(self.shard) != job_files.shard_sha256:
                 pushed += int(self.client.put_file(self.shard, job_files.shard)["size"])
@@ -206,10 +207,10 @@ class AgentStreamSession:
 
     def deliver(self, local_dir: Path, names: Sequence[str]) -> int:
         with agent_errors(self.conn):
-            return sum(
-                int(self.client.put_file(f"{self.round_dir}/{name}", local_dir / name)["size"])
-                for name in names
+            answers = self.client.put_files(
+                [(f"{self.round_dir}/{name}", local_dir / name) for name in names]
             )
+        return sum(int(answer["size"]) for answer in answers)
 
     def run(self, step: Step, on_progress: ProgressCallback | None, *, timeout_s: float) -> AgentRun:
         def relay(event: dict[str, Any]) -> None:
@@ -227,6 +228,9 @@ class AgentStreamSession:
         return AgentRun(exit_code=0, done=done)
 
     def collect(self, files: Sequence[tuple[str, Path]], *, max_bytes: int) -> int:
+        names = [name for name, _ in files]
+        if names == [UPDATE_FILE, RESULT_FILE]:  # a train's outputs: both in one answer
+            return self._collect_result(files, max_bytes=max_bytes)
         total = 0
         for name, local in files:
             with agent_errors(self.conn):
@@ -244,6 +248,27 @@ class AgentStreamSession:
             write_atomically(local, data)
             total += len(data)
         return total
+
+    def _collect_result(self, files: Sequence[tuple[str, Path]], *, max_bytes: int) -> int:
+        """The `result` request: update and result.json in one frame, both sizes checked by the agent
+        before it sends (its not_found / too_large name the file) and again here."""
+        with agent_errors(self.conn):
+            try:
+                result = self.client.result(self.round_dir, max_bytes=max_bytes)
+            except protocol.AgentRequestFailed as exc:
+                name = str(exc.details.get("name", UPDATE_FILE))[:100]
+                if exc.code == "not_found":
+                    raise OutputMissing(name) from exc
+                if exc.code == "too_large":
+                    size = exc.details.get("size")
+                    raise OutputTooLarge(name, size if isinstance(size, int) else max_bytes + 1) from exc
+                raise
+        for (name, _), data in zip(files, (result.update, result.result_json), strict=True):
+            if len(data) > max_bytes:  # an agent that ignored the limit it was given
+                raise OutputTooLarge(name, len(data), at_least=True)
+        for (_, local), data in zip(files, (result.update, result.result_json), strict=True):
+            write_atomically(local, data)
+        return len(result.update) + len(result.result_json)
 
 
 def write_atomically(local: Path, data: bytes) -> None:
