@@ -112,9 +112,21 @@ def _aggregate_round(rnd: Round) -> None:
     state = storage.load_checkpoint(job.pk, rnd.number - 1)
     strategy = job_strategy(job, config)
     # Weights come from the server's partition record, never from what a phone claims.
-    shard_samples = dict(Participant.objects.filter(job=job).values_list("device_id", "num_samples"))
+    simulated = any(r.device_id is None for r in results)
     updates = []
-    for result in reported:
+    if simulated:  # simulated clients: their updates are in their batches' files (engine/sim_training.py)
+        from training.engine.sim_training import simulated_updates  # noqa: PLC0415 - simulation jobs only
+
+        by_index = dict(
+            Participant.objects.filter(
+                job=job, client_index__in=[r.client_index for r in reported]
+            ).values_list("client_index", "num_samples")
+        )
+        updates = simulated_updates(rnd, reported, by_index)
+    shard_samples = (
+        {} if simulated else dict(Participant.objects.filter(job=job).values_list("device_id", "num_samples"))
+    )
+    for result in [] if simulated else reported:
         path = (
             storage.client_round_dir(job.pk, rnd.number, rnd.attempt, result.device_id) / "update.safetensors"
         )
@@ -127,7 +139,7 @@ def _aggregate_round(rnd: Round) -> None:
             )
         )
     failures = [
-        ClientFailure(client_id=str(r.device_id), reason=r.reason, state=r.state)
+        ClientFailure(client_id=r.client_id, reason=r.reason, state=r.state)
         for r in results
         if r.state != ClientState.REPORTED
     ]
@@ -168,7 +180,8 @@ def _commit(
             finished_at=now,
             accuracy=accuracy,
             loss=loss,
-            metrics={k: float(v) for k, v in metrics.items()},
+            # A simulated round keeps what it recorded at its start (sim_wall_s, sim_clock_s).
+            metrics={**rnd.metrics, **{k: float(v) for k, v in metrics.items()}},
             push_s=_phase_max(reported, "push_s"),
             train_s=_phase_max(reported, "train_s"),
             pull_s=_phase_max(reported, "pull_s"),
@@ -183,9 +196,14 @@ def _commit(
         Job.objects.filter(pk=job.pk, committed_rounds=rnd.number - 1).update(
             committed_rounds=rnd.number, last_accuracy=accuracy, last_loss=loss
         )
-        Participant.objects.filter(job_id=job.pk, device_id__in=[r.device_id for r in reported]).update(
-            last_round=rnd.number, rounds_reported=F("rounds_reported") + 1
-        )
+        reporters = Participant.objects.filter(job_id=job.pk)
+        if any(r.device_id is None for r in reported):  # simulated clients are named by their index
+            reporters = reporters.filter(
+                device__isnull=True, client_index__in=[r.client_index for r in reported]
+            )
+        else:
+            reporters = reporters.filter(device_id__in=[r.device_id for r in reported])
+        reporters.update(last_round=rnd.number, rounds_reported=F("rounds_reported") + 1)
         stop_and_release(job.pk, results)
         rnd.refresh_from_db()
         job.refresh_from_db()
@@ -237,7 +255,10 @@ def maybe_close_round(round_id: int) -> None:
 def stop_and_release(job_id: int, results: Sequence[ClientResult]) -> None:
     """After a round closed: phones whose run is still alive (late ones, still training) are told to stop
     through their runtime and keep their lease until the run ends (client.run_client releases it then);
-    the others are released now."""
+    the others are released now. Simulated clients hold no phone and no lease."""
+    results = [r for r in results if r.device_id is not None]
+    if not results:
+        return
     running = leases.release_idle(job_id, [r.device_id for r in results])
     for result in results:
         if result.device_id in running:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from django.db import DatabaseError, transaction
 
-from training.engine import submodel_rounds
+from training.engine import simulation, submodel_rounds
 from training.engine.jobdata import build_strategy, job_config, job_model_spec, load_job_dataset
 from training.engine.selection import eligible_devices
 from training.fl.evaluate import evaluate_weights
@@ -52,6 +52,9 @@ def _prepare_job(job_id: int) -> None:
         _start_running(job)
         return
     config = job_config(job)
+    if simulation.is_simulation(config):  # N simulated clients instead of the phones
+        simulation.prepare_simulation(job, config)
+        return
     pool = eligible_devices(config)
     if config.max_phones:
         pool = pool[: config.max_phones]

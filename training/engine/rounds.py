@@ -14,7 +14,7 @@ from datetime import timedelta
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from training.engine import submodel_rounds
+from training.engine import simulation, submodel_rounds
 from training.engine.configure import base_agent_config, write_payload
 from training.engine.jobdata import job_config, job_strategy
 from training.engine.selection import select_participants
@@ -72,6 +72,9 @@ def _start_round(job_id: int) -> None:
     attempt = job.rounds.filter(number=round_no).count() + 1
     state = storage.load_checkpoint(job.pk, job.committed_rounds)
     strategy = job_strategy(job, config)
+    if simulation.is_simulation(config):
+        simulation.start_sim_round(job, config, strategy, state, round_no, attempt, started)
+        return
     selection = select_participants(job, config, strategy, state, round_no, attempt)
     leased = set(leases.lease_devices([p.device_id for p in selection.chosen], job.pk))
     chosen = [p for p in selection.chosen if p.device_id in leased]
@@ -142,5 +145,10 @@ def redrive_round(rnd: Round) -> None:
     if rnd.status == RoundStatus.AGGREGATING or timezone.now() >= rnd.deadline_at:
         dispatch.close_round(rnd.pk, at_deadline=True)
         return
-    for result in rnd.client_results.filter(state__in=IN_FLIGHT_STATES).select_related("device"):
-        dispatch.run_client_on_commit(result)
+    in_flight = list(rnd.client_results.filter(state__in=IN_FLIGHT_STATES).select_related("device"))
+    simulated = [r for r in in_flight if r.device_id is None]
+    if simulated:
+        simulation.redrive_batches(rnd, simulated)
+    for result in in_flight:
+        if result.device_id is not None:
+            dispatch.run_client_on_commit(result)

@@ -12,7 +12,7 @@ import importlib
 from celery import shared_task
 from celery.signals import worker_process_init
 
-from training.engine import client, closing, prepare, rounds
+from training.engine import client, closing, prepare, rounds, sim_training
 from training.engine import watchdog as engine_watchdog
 
 # A phone's training run is bounded by the round deadline (≤ 24 h by validation); the hard limit only
@@ -37,6 +37,12 @@ def start_round(job_id: int) -> None:
 )
 def run_client(result_id: int) -> None:
     client.run_client(result_id)
+
+
+@shared_task(name="training.tasks.train_batch")
+def train_batch(round_id: int, client_indices: list[int]) -> None:
+    """A batch of a simulated round's clients, trained in-process (engine/sim_training.py)."""
+    sim_training.train_batch(round_id, client_indices)
 
 
 @shared_task(name="training.tasks.cancel_client")

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from devices.models import Device
 from training.engine.rounds import open_round
+from training.engine.simulation import redrive_batches
 from training.jobs import dispatch, leases, services
 from training.models import (
     IN_FLIGHT_STATES,
@@ -76,7 +77,13 @@ def redrive_dead_runs(rnd: Round, now: datetime) -> list[int]:
         .select_related("device")
     )
     sent = []
-    for result in lost:
+    simulated = [r for r in lost if r.device_id is None]
+    if simulated:  # simulated clients: re-send their batches (claims keep live ones alone)
+        stamp = ClientResult.objects.filter(pk__in=[r.pk for r in simulated], dispatched_at__lt=cutoff)
+        if stamp.update(dispatched_at=now):
+            redrive_batches(rnd, simulated)
+            sent.extend(r.pk for r in simulated)
+    for result in [r for r in lost if r.device_id is not None]:
         if ClientResult.objects.filter(pk=result.pk, dispatched_at=result.dispatched_at).update(
             dispatched_at=now
         ):

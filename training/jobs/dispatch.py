@@ -64,6 +64,28 @@ def close_round_at_deadline_on_commit(round_id: int, *, countdown: float) -> Non
     task("close_round").apply_async_on_commit((round_id,), {"at_deadline": True}, countdown=countdown)
 
 
+def close_round_on_commit(round_id: int) -> None:
+    task("close_round").delay_on_commit(round_id)
+
+
+# --- simulated clients (backend "simulation": batches on the training queue) --------------------------------
+def train_batch(round_id: int, client_indices: list[int]) -> None:
+    task("train_batch").delay(round_id, client_indices)
+
+
+def train_batch_on_commit(round_id: int, client_indices: list[int]) -> None:
+    task("train_batch").delay_on_commit(round_id, client_indices)
+
+
+# --- exports --------------------------------------------------------------------------------------------
+def export_onnx(job_id: int) -> None:
+    task("export_onnx").delay(job_id)
+
+
+def export_onnx_on_commit(job_id: int) -> None:
+    task("export_onnx").delay_on_commit(job_id)
+
+
 # --- phones (each on its host's devices queue) ---------------------------------------------------------
 def run_client_on_commit(result: ClientResult) -> None:
     """Send one phone's round work to its host's queue once the current transaction commits."""
@@ -83,7 +105,9 @@ def redrive_client(result: ClientResult) -> None:
 def clean_phones_on_commit(job_id: int) -> None:
     """After the current transaction commits, clear the finished job's files from each of its phones
     (on the phone's own devices queue, like its rounds)."""
-    for participant in Participant.objects.filter(job_id=job_id).select_related("device"):
+    for participant in Participant.objects.filter(job_id=job_id, device__isnull=False).select_related(
+        "device"
+    ):
         task("clean_phone").apply_async_on_commit(
             (job_id, participant.device_id), queue=device_queue(participant.device.worker_queue)
         )

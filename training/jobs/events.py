@@ -22,6 +22,7 @@ EVENT_TYPES = frozenset(
         "job.exclusion",
         "analysis.updated",  # a round's influence/attack analysis or an AnalysisRun's progress
         "job.log",
+        "batch.finished",  # a batch of simulated clients trained (engine/sim_training.py)
     }
 )
 

@@ -127,8 +127,10 @@ def cancel_job(job: Job, by: AbstractBaseUser) -> None:
         log(job.pk, f"cancelled by {by.get_username()}", level=LogLevel.WARNING)
         # Work in flight stops counting, and phones still running are told to stop through their
         # runtime; they keep their lease until their run ends (leases.release_idle).
-        running = list(
-            ClientResult.objects.filter(leases.live_run_filter(), job=job).select_related("device")
+        running = list(  # phones only: a simulated client's batch sees the round closed and stops recording
+            ClientResult.objects.filter(
+                leases.live_run_filter(), job=job, device__isnull=False
+            ).select_related("device")
         )
         ClientResult.objects.filter(job=job, state__in=IN_FLIGHT_STATES).update(
             state=ClientState.DROPPED, reason="the job was cancelled"
@@ -151,6 +153,7 @@ def complete_job(job: Job) -> None:
     if _set_status(job, JobStatus.COMPLETED, allowed_from=(JobStatus.RUNNING,), finished_at=timezone.now()):
         headline = job.headline
         log(job.pk, f"completed {job.committed_rounds} rounds; final {headline['label']} {headline['text']}")
+        dispatch.export_onnx_on_commit(job.pk)  # the final model as ONNX beside its safetensors
 
 
 def fail_job(job: Job, error: str) -> None:
@@ -274,7 +277,7 @@ def job_snapshot(job: Job) -> dict[str, Any]:
     participants = [
         {
             "device": p.device_id,
-            "device_name": p.device.name,
+            "device_name": p.display_name,
             "client_index": p.client_index,
             "num_samples": p.num_samples,
             "label_counts": p.label_counts,
