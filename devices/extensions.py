@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from devices.adb import AdbConnection
 from devices.models import Device
+
+if TYPE_CHECKING:  # only a type here: the device page's extensions never pull in the ADB client
+    from devices.adb import AdbConnection
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def panels_for(device: Device) -> list[DevicePanel]:
 # secret ("agent not running", "wrong agent secret"), but the agent's protocol belongs to training. A
 # check gets the probe's open connection and the phone, and returns (status, reason) to record instead of
 # "online", or None when the agent is fine. The training app registers its check in ready().
-AgentCheck = Callable[[AdbConnection, Device], tuple[str, str] | None]
+AgentCheck = Callable[["AdbConnection", Device], tuple[str, str] | None]
 AGENT_CHECKS: list[AgentCheck] = []
 
 
