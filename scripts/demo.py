@@ -1,7 +1,9 @@
 """`make demo`: one command from a fresh checkout to a working lab at http://127.0.0.1:8000.
 
 Steps: migrate, create the demo operator, start Redis on loopback (unless REDIS_URL is set), then run
-Daphne, both Celery workers, beat and a 20-phone virtual lab under config/supervisor.py: a process that
+Daphne, both Celery workers, beat and a 20-phone virtual lab (a mix of stock phones in app mode, resident
+and exec phones, varied batteries, a few phones on an on/off availability model: demo_profiles) under
+config/supervisor.py: a process that
 exits is started again (after a backoff, with a restart counter, and the log says so) while the others go
 on; Ctrl-C stops everything. The banner with the URL and the login is printed once the web server answers.
 """
@@ -64,6 +66,45 @@ def announce_when_up(password: str, say: Callable[[str], None]) -> None:
     )
 
 
+# The demo lab mixes what a real lab holds, so a newcomer sees every runtime and a fleet that changes:
+# stock phones whose agent runs in their Termux-like app (app runtime), phones the platform keeps a
+# resident agent on, phones whose shell runs the agent each round (exec); batteries from nearly flat to
+# full, some on a charger; a few phones that come and go (an on/off Markov availability model).
+DEMO_STOCK = 4  # the first phones: stock builds with Termux (registered in app mode)
+DEMO_RESIDENT = 4  # the next ones: registered with the resident runtime (virtual_lab --resident)
+DEMO_ON_OFF = (14, 17, 19)  # exec phones that come and go
+DEMO_BATTERY = (92, 64, 38, 100, 81, 55, 17, 73, 96, 44, 68, 29, 88, 51, 77, 23, 99, 60, 35, 84)
+
+
+def demo_profiles(path: Path, phones: int) -> Path:
+    """Write the demo lab's profiles (devices/virtual/profile.py's JSON format) and return the path."""
+    import json  # noqa: PLC0415
+
+    from devices.virtual.profile import CATALOGUE  # noqa: PLC0415
+
+    entries = []
+    for index in range(phones):
+        entry = dict(CATALOGUE[index % len(CATALOGUE)])
+        level = DEMO_BATTERY[index % len(DEMO_BATTERY)]
+        entry["battery"] = {"level": float(level), "plugged": level < 30 or index % 5 == 0}
+        if index < DEMO_STOCK:
+            entry.update(stock=True, termux={"installed": True})
+        if index in DEMO_ON_OFF:
+            entry["availability"] = {"kind": "markov", "mean_on_s": 150.0, "mean_off_s": 40.0}
+        entries.append(entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"phones": entries}, indent=1))
+    return path
+
+
+def demo_agent_pyz() -> Path:
+    """The platform's agent, as a person would copy it to each stock phone for Termux (the workers build
+    the same bytes under the data dir; the stream runtimes upgrade a phone that holds another build)."""
+    from training.agent.build import build_agent_pyz  # noqa: PLC0415
+
+    return build_agent_pyz(DATA_DIR / "demo-agent").path
+
+
 def lab_programs(env: dict[str, str], redis: LocalRedis | None) -> list[Program]:
     """What the lab runs, in start order: Redis first (when the demo runs its own), web, workers, beat, lab."""
     bin_dir = Path(PY).parent
@@ -72,7 +113,9 @@ def lab_programs(env: dict[str, str], redis: LocalRedis | None) -> list[Program]
         "devices": f"{bin_dir}/celery -A config worker -Q devices -P threads -c 32 -n devices@%h -l INFO",
         "training": f"{bin_dir}/celery -A config worker -Q training -P prefork -c 2 -n training@%h -l INFO",
         "beat": f"{bin_dir}/celery -A config beat -l INFO -s {DATA_DIR}/celerybeat-schedule",
-        "lab": f"{PY} manage.py virtual_lab --phones {PHONES} --seed 1 --warm-zygote --register",
+        "lab": f"{PY} manage.py virtual_lab --phones {PHONES} --seed 1 --warm-zygote --register"
+        f" --profiles {shlex.quote(str(demo_profiles(DATA_DIR / 'demo-profiles.json', PHONES)))}"
+        f" --agent-pyz {shlex.quote(str(demo_agent_pyz()))} --resident {DEMO_RESIDENT}",
     }
     programs = [Program(name, tuple(shlex.split(cmd)), env=env, cwd=REPO) for name, cmd in commands.items()]
     if redis is not None:
