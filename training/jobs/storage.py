@@ -146,3 +146,9 @@ def phone_rounds_dir(work_dir: str, job_id: int) -> str:
 
 def phone_round_dir(work_dir: str, job_id: int, round_no: int, attempt: int) -> str:
     return posixpath.join(phone_rounds_dir(work_dir, job_id), f"round-{int(round_no)}.{int(attempt)}")
+
+
+def onnx_export_path(job_id: int, round_no: int) -> Path:
+    """The final model as ONNX (checked in onnxruntime), beside model-round-<n>.safetensors; its check's
+    figures in the .json next to it."""
+    return job_dir(job_id) / f"model-round-{int(round_no)}.onnx"

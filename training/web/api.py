@@ -20,10 +20,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.roles import is_operator
-from training.jobs import access, services
+from training.jobs import access, dispatch, services
 from training.models import Job, JobStatus
 from training.web.serializers import JobConfigSerializer, JobSerializer
-from training.web.views import JOB_ACTIONS, snapshot_with_figures
+from training.web.views import JOB_ACTIONS, download_onnx, snapshot_with_figures
 
 
 class IsOperatorOrReadOnly(BasePermission):
@@ -89,6 +89,25 @@ class JobAction(APIView):
         return Response(JobSerializer(job, context={"request": request}).data)
 
 
+class JobOnnx(APIView):
+    """GET the final model as ONNX (404 until it is exported and checked; the snapshot's `onnx` says
+    which, with the check's figures); POST (the job's owner or staff) exports it now."""
+
+    permission_classes = PERMISSIONS
+
+    def get(self, request: Request, pk: int) -> Any:
+        return download_onnx(request._request, pk)
+
+    def post(self, request: Request, pk: int) -> Response:
+        job = get_object_or_404(Job.objects.select_related("owner"), pk=pk)
+        if not access.can_manage(request.user, job):
+            return Response({"detail": access.refusal(job)}, status=status.HTTP_403_FORBIDDEN)
+        if job.status != JobStatus.COMPLETED:
+            return Response({"detail": "only a completed job's final model is exported"}, status=409)
+        dispatch.export_onnx(job.pk)
+        return Response({"detail": "export queued"}, status=status.HTTP_202_ACCEPTED)
+
+
 def _api(view: Any, **initkwargs: Any) -> Any:
     return login_not_required(view.as_view(**initkwargs))
 
@@ -97,6 +116,7 @@ urlpatterns = [
     path("jobs/", _api(JobListCreate), name="job-list"),
     path("jobs/<int:pk>/", _api(JobDetail), name="job-detail"),
     path("jobs/<int:pk>/snapshot/", _api(JobSnapshot), name="job-snapshot"),
+    path("jobs/<int:pk>/model.onnx", _api(JobOnnx), name="job-onnx"),
     *[
         path(f"jobs/<int:pk>/{action}/", _api(JobAction, action_name=action), name=f"job-{action}")
         for action in JOB_ACTIONS

@@ -30,4 +30,6 @@ urlpatterns = [
     path("<int:pk>/export.csv", views.export_csv, name="job-export-csv"),
     path("<int:pk>/export.json", views.export_json, name="job-export-json"),
     path("<int:pk>/model.safetensors", views.download_model, name="job-model"),
+    path("<int:pk>/model.onnx", views.download_onnx, name="job-onnx"),
+    path("<int:pk>/export-onnx/", views.request_onnx_export, name="job-export-onnx"),
 ]

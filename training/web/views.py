@@ -27,7 +27,7 @@ from devices.models import Device, DeviceStatus
 from training.analysis import availability as availability_report
 from training.analysis import loo
 from training.analysis import submodel as submodel_report
-from training.jobs import access, services
+from training.jobs import access, dispatch, exports, services
 from training.jobs.config import DEFAULTS, JobConfig, JobConfigError, parse_job_config
 from training.models import Job, JobStatus
 from training.web.charts import availability as availability_charts
@@ -160,6 +160,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
             if access.can_manage(request.user, job)
             else _read_only_reason(request, job),
             "has_final_model": services.final_model_path(job) is not None,
+            "onnx": onnx_info(job),
             "submodel": submodel_report.privacy_info(job),  # None unless a submodel job
             "snapshot_url": reverse("training:job-snapshot", args=[job.pk]),
             "websocket_path": f"/ws/jobs/{job.pk}/",
@@ -191,6 +192,7 @@ def snapshot_with_figures(job: Job) -> dict[str, Any]:
     add_submodel(snapshot, job)
     has_model = services.final_model_path(job) is not None
     snapshot["final_model_url"] = reverse("training:job-model", args=[job.pk]) if has_model else None
+    snapshot["onnx"] = onnx_info(job)
     return json_safe(snapshot)
 
 
@@ -319,6 +321,45 @@ def download_model(request: HttpRequest, pk: int) -> FileResponse:
         filename=f"job-{job.pk}-round-{job.committed_rounds}.safetensors",
         content_type="application/octet-stream",
     )
+
+
+def onnx_info(job: Job) -> dict[str, Any] | None:
+    """The ONNX export as pages and the API show it: its download link and check, or why it failed."""
+    status = exports.onnx_status(job)
+    if status is None:
+        return None
+    info = {key: value for key, value in status.items() if key != "path"}
+    if "path" in status:
+        info["url"] = reverse("training:job-onnx", args=[job.pk])
+    return info
+
+
+@require_GET
+def download_onnx(request: HttpRequest, pk: int) -> FileResponse:
+    job = get_object_or_404(Job, pk=pk)
+    status = exports.onnx_status(job)
+    if status is None or "path" not in status:
+        raise Http404("This job has no ONNX export yet.")
+    return FileResponse(
+        status["path"].open("rb"),
+        as_attachment=True,
+        filename=f"job-{job.pk}-round-{status['round']}.onnx",
+        content_type="application/octet-stream",
+    )
+
+
+@operator_required
+@require_POST
+def request_onnx_export(request: HttpRequest, pk: int) -> HttpResponse:
+    """Export a completed job's final model as ONNX now (jobs completed before exports existed, or a
+    failed export after a fix); the training queue does the work."""
+    job = get_object_or_404(Job, pk=pk)
+    if job.status != JobStatus.COMPLETED:
+        messages.error(request, "Only a completed job's final model is exported.")
+    else:
+        dispatch.export_onnx(job.pk)
+        messages.success(request, "ONNX export queued; the download appears here when it is checked.")
+    return redirect("training:job-detail", pk=job.pk)
 
 
 # --- compare --------------------------------------------------------------------------------------------
