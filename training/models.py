@@ -128,6 +128,10 @@ class Participant(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     excluded_auto = models.BooleanField(default=False)
+    # Which data this client trained on, in words for the dashboard: "shard of 54 samples pushed" or,
+    # for a phone-resident job, "phone's own data/train.npz: 120 samples" ("counts withheld" when the
+    # job does not let phones report them). Empty for jobs from before it existed.
+    data_source = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["client_index"]
@@ -538,3 +542,25 @@ class AnalysisRun(models.Model):
             "created_at": self.created_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
+
+
+class DataSet(models.Model):
+    """A federated data set someone brought (LEAF JSON, NPZ or CSV), checked in full before it was stored
+    (training/fl/data_formats): its file lives under the data dir (jobs/datasets.py), `summary` is what
+    its page shows (data_formats.summarize) and `options` how to read it again (feature shape, columns)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="datasets")
+    name = models.CharField(max_length=120)
+    format = models.CharField(max_length=8)
+    original_name = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    options = models.JSONField(default=dict)
+    summary = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"data set #{self.pk} {self.name}"
