@@ -13,8 +13,8 @@ Targets (issue #4): median overhead ≤ 1 s and ≤ 25 % of the round; ≥ 90 % 
 --runtime picks how the phones run the agent (issue #13): exec (the shell runs it per round), resident (the
 platform keeps `agent serve` running through the shell and talks over ADB's tcp: stream) or app (stock
 phones whose Termux-like app runs `agent serve`; the platform only opens streams). `all` runs the three
-one after the other, each on a fresh lab of the same phones, and prints one JSON with a result per
-runtime. Per phone, "outside training" is its push + pull + agent step minus the agent's own SGD time.
+one after the other, each in its own process on a fresh lab of the same phones, and prints one JSON with
+a result per runtime. Per phone, "outside training" is its push + pull + agent step minus the agent's own SGD time.
 Targets (issue #13), resident and app: median overhead per round ≤ 0.2 s, per-phone time outside
 training ≤ 30 ms, accuracy unchanged.
 """
@@ -189,6 +189,18 @@ def summarise(args: argparse.Namespace, runtime: str, job: Any) -> dict[str, Any
     }
 
 
+def run_child(args: argparse.Namespace, runtime: str) -> dict[str, Any]:
+    """One runtime in its own process: Django binds one lab's database and Redis per process."""
+    import subprocess  # noqa: PLC0415
+
+    argv = [sys.executable, __file__, "--runtime", runtime, "--phones", str(args.phones), "--per-round",
+            str(args.per_round), "--rounds", str(args.rounds), "--seed", str(args.seed), "--model", args.model,
+            *(["--epochs", str(args.epochs)] if args.epochs else [])]  # fmt: skip
+    print(f"=== {runtime}: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
+    child = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=True)  # noqa: S603 - our own script
+    return dict(json.loads(child.stdout[child.stdout.index("{") :]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phones", type=int, default=20)
@@ -203,7 +215,7 @@ def main() -> None:
     if args.runtime != "all":
         emit(run_one(args, args.runtime))
         return
-    results = {runtime: run_one(args, runtime) for runtime in RUNTIMES}
+    results = {runtime: run_child(args, runtime) for runtime in RUNTIMES}
     emit(
         {
             "benchmark": "round_overhead",

@@ -121,11 +121,13 @@ function renderCell(client) {
   const cell = el("div", { className: `phone-cell state-${client.state}`, dataset: { deviceId: String(client.device) } }, [
     el("div", { className: "head" }, [
       el("span", { className: "name", textContent: name, title: name }),
-      el("span", { className: `runtime runtime-${client.runtime || "exec"}`, textContent: client.runtime || "exec", title: "how this phone runs the agent", dataset: { testid: "phone-runtime" } }),
       el("span", { className: `badge state-${client.state}`, textContent: STATE_LABELS[client.state] || client.state, dataset: { testid: "phone-state" } }),
     ]),
     bar,
-    el("div", { className: "detail", textContent: progressText(client) }),
+    el("div", { className: "detail" }, [
+      el("span", { className: `runtime runtime-${client.runtime || "exec"}`, textContent: client.runtime || "exec", title: "how this phone runs the agent", dataset: { testid: "phone-runtime" } }),
+      ` ${progressText(client)}`,
+    ]),
   ]);
   if (client.reason) cell.append(el("div", { className: "reason", textContent: client.reason }));
   return cell;
