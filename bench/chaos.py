@@ -41,7 +41,8 @@ Job, Device) and the lab's own record of agent runs (<lab dir>/agent_runs.jsonl)
                            which were still held at the end and how long their release took
     longest_stall_s        the longest time from a fault clearing to the next committed round (from the
                            later clearing of a broker or worker fault still down then: rounds cannot
-                           commit without those, whatever else cleared)
+                           commit without those, whatever else cleared; and a fault whose next commit
+                           came after a new broker or worker fault leaves that wait to the new one)
 Targets (issue 12): the job completes; 0 rounds lost, 0 counted twice, 0 duplicate runs, 0 phones left
 busy; longest stall <= deadline + 30 s. Everything stops by itself after --timeout seconds.
 """
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import signal
@@ -569,12 +571,21 @@ class Chaos:
     def fault_figures(self, fault: Fault, commits: list[float], ended: bool) -> dict[str, Any]:
         stall = None
         since = self.stall_from(fault)
+        superseded = None
         if since is not None:
             after = [c for c in commits if c > since]
-            if after:
-                stall = round(after[0] - since, 2)
-            elif not ended:  # nothing committed since: stalled until the run stopped
-                stall = round(time.time() - since, 2)
+            until = after[0] if after else None if ended else time.time()
+            # A broker or worker fault injected before that commit stalls the rounds itself: the wait is
+            # its stall (measured on its own), not this fault's.
+            later = [
+                f for f in self.faults
+                if family(f.kind) == "broker_and_workers" and f is not fault and f.injected_at is not None
+                and since < f.injected_at < (until or math.inf)
+            ]  # fmt: skip
+            if later:
+                superseded = later[0].kind
+            elif until is not None:  # not ended and nothing committed since: stalled until the run stopped
+                stall = round(until - since, 2)
         overlapped = since is not None and fault.cleared_at is not None and since > fault.cleared_at
         return {
             "kind": fault.kind,
@@ -584,6 +595,7 @@ class Chaos:
             if fault.cleared_at is None or fault.injected_at is None
             else round(fault.cleared_at - fault.injected_at, 2),
             "stall_s": stall,
+            **({"stall_taken_over_by": superseded} if superseded else {}),
             **(
                 {"stall_measured_after_the_broker_or_worker_fault_then_down_s": round(since - self.t0, 2)}
                 if overlapped and since is not None
