@@ -17,6 +17,7 @@ class TrainingConfig(AppConfig):
         from training.engine import export_tasks  # noqa: F401, PLC0415
         from training.engine import tasks as engine_tasks  # noqa: F401, PLC0415
         from training.engine.runtimes import app as app_runtime  # noqa: PLC0415
+        from training.jobs import datasets as stored_datasets  # noqa: PLC0415
         from training.jobs.signals import round_committed  # noqa: PLC0415
         from training.web import device_panel  # noqa: PLC0415
 
@@ -27,6 +28,8 @@ class TrainingConfig(AppConfig):
         # Health probes of app-mode phones ask their agent over tcp: ("agent not running", "wrong agent
         # secret") without devices knowing the agent's protocol.
         register_agent_check(app_runtime.probe_agent)
+        # Stored data sets (uploaded or imported files) as the data set "uploaded", read by id.
+        stored_datasets.register_loader()
         round_committed.connect(scaffold_notes.note_ci_resets, dispatch_uid="training.scaffold_ci_resets")
         # Client influence and the declared backdoor test, after every committed round (training queue).
         round_committed.connect(enqueue_round_analysis, dispatch_uid="training.analysis.rounds")

@@ -108,7 +108,15 @@ def test_bad_requests_raise_value_error(digits, scheme, clients, params, message
         partition.partition_dataset(scheme, digits, clients, seed=0, **params)
 
 
-def test_natural_client_count_must_match():
+def test_natural_needs_at_least_one_user_per_phone():
     data = load_dataset("synthetic", seed=0).train
-    with pytest.raises(ValueError, match="30 natural clients"):
-        partition.partition_dataset("natural", data, 10, seed=0)
+    with pytest.raises(ValueError, match="30 natural clients, fewer than 40"):
+        partition.partition_dataset("natural", data, 40, seed=0)
+
+
+def test_natural_with_fewer_phones_gives_each_phone_whole_users():
+    data = load_dataset("synthetic", seed=0).train
+    parts = partition.partition_dataset("natural", data, 10, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(data)))
+    for index, part in enumerate(parts):  # users index, index + 10, index + 20: never split between phones
+        assert set(np.unique(data.groups[part]).tolist()) == {index, index + 10, index + 20}

@@ -153,8 +153,11 @@ def _by_scheme_natural(data: Dataset, num_clients: int, seed: int) -> Partition:
             "natural: this data set has no natural clients (synthetic, recsys and files with client ids have)"
         )
     parts = natural(data.groups)
-    if num_clients != len(parts):
-        raise ValueError(f"natural: the data set has {len(parts)} natural clients, not {num_clients}")
+    if num_clients > len(parts):
+        raise ValueError(f"natural: the data set has {len(parts)} natural clients, fewer than {num_clients}")
+    if num_clients < len(parts):  # more users than phones: each phone holds whole users (i -> i mod N)
+        merged = [np.concatenate(parts[index::num_clients]) for index in range(num_clients)]
+        return _finish([np.sort(part) for part in merged])
     return parts
 
 

@@ -41,6 +41,10 @@ SUBMODEL_ALGORITHMS = ("fedsubavg", "fedavg_full")
 SUBMODEL_DATASET = "recsys"
 SUBMODEL_MODEL = "ctr"
 NATURAL_DATASETS = ("synthetic", SUBMODEL_DATASET)
+# Built-in data sets without clients of their own; plug-ins and stored files may have them (a file's
+# client ids, a LEAF file's users), which preparing the job checks.
+NO_NATURAL_CLIENTS = ("digits",)
+UPLOADED_DATASET = "uploaded"  # a stored data set (jobs/datasets.py), by dataset_params.dataset_id
 
 
 class JobConfigError(ValueError):
@@ -339,10 +343,17 @@ def _check_consistency(config: JobConfig, errors: dict[str, str]) -> None:
         and (config.partition_param < 1 or not float(config.partition_param).is_integer())
     ):
         errors["partition_param"] = "k must be a whole number ≥ 1"
-    if config.partition == "natural" and config.dataset not in NATURAL_DATASETS:
+    if config.partition == "natural" and config.dataset in NO_NATURAL_CLIENTS:
         errors["partition"] = (
-            f"the natural partition needs a data set with its own devices ({', '.join(NATURAL_DATASETS)})"
+            f"the natural partition needs a data set with its own devices ({', '.join(NATURAL_DATASETS)}, "
+            "a plug-in's or a stored file's with client ids)"
         )
+    if config.dataset == UPLOADED_DATASET:
+        from training.jobs.datasets import dataset_problem  # noqa: PLC0415 - reads the database
+
+        problem = dataset_problem(config.dataset_params.get("dataset_id"))
+        if problem:
+            errors["dataset_params"] = problem
     _check_submodel(config, errors)
     _check_influence(config, errors)
     simulation_config.check(config, errors)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from training.web import views
+from training.web import dataset_views, views
 
 app_name = "training"
 
@@ -30,6 +30,10 @@ urlpatterns = [
     path("<int:pk>/export.csv", views.export_csv, name="job-export-csv"),
     path("<int:pk>/export.json", views.export_json, name="job-export-json"),
     path("<int:pk>/model.safetensors", views.download_model, name="job-model"),
+    path("datasets/", dataset_views.dataset_list, name="dataset-list"),
+    path("datasets/upload/", dataset_views.dataset_upload, name="dataset-upload"),
+    path("datasets/<int:pk>/", dataset_views.dataset_detail, name="dataset-detail"),
+    path("datasets/<int:pk>/delete/", dataset_views.dataset_delete, name="dataset-delete"),
     path("<int:pk>/model.onnx", views.download_onnx, name="job-onnx"),
     path("<int:pk>/export-onnx/", views.request_onnx_export, name="job-export-onnx"),
 ]
