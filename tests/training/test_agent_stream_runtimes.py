@@ -318,3 +318,12 @@ def test_a_resident_agent_with_another_secret_is_restarted_with_the_phones(
     assert run.exit_code == 0
     with adb.connect(adb.Target("tcp", device.address)) as conn:
         assert conn.shell(f"cat {AgentFiles(device).secret}").strip() == "a-new-secret-for-this-phone"
+
+
+def test_test_connection_detects_the_runtime(lab: LabThread) -> None:
+    """A stock phone (no python in its shell, com.termux installed) is app mode; a shell with python, exec."""
+    by_serial = {e.serial: e for e in lab.endpoints}
+    stock = probe(adb.Target("tcp", by_serial["vr-app"].address), detect=True)
+    shell = probe(adb.Target("tcp", by_serial["vr-resident"].address), detect=True)
+    assert (stock.status, stock.runtime) == (DeviceStatus.ONLINE, "app")
+    assert (shell.status, shell.runtime) == (DeviceStatus.ONLINE, "exec")
