@@ -184,6 +184,10 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
         "availability_figure": json.loads(availability.to_json()),
         # Cards other apps add (devices.extensions), e.g. the phone's participation in federated jobs.
         "panels": panels_for(device),
+        # An app-mode phone's start command holds its secret: operators only.
+        "termux_command": services.termux_command(device)
+        if device.runtime == Runtime.APP and is_operator(request.user)
+        else "",
     }
     return render(request, "devices/device_detail.html", context)
 

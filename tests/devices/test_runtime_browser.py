@@ -1,7 +1,7 @@
 """In Debian's chromium: the fleet page shows each phone's runtime and, for resident and app phones, why
 their agent is not ready; operators (only) see each app phone's one-line Termux command; the job
-dashboard's phone grid shows each phone's runtime. Saves test-artifacts/fleet-runtimes.png and
-job-runtimes.png."""
+dashboard's phone grid shows each phone's runtime. Saves test-artifacts/fleet-runtimes.png,
+job-runtimes.png and device-app-runtime.png."""
 
 from __future__ import annotations
 
@@ -102,6 +102,12 @@ def test_runtimes_and_agent_reasons_on_the_fleet_page_and_the_dashboard(
         dashboard.locator(".phone-cell", has_text="pixel-resident").locator("[data-testid=phone-runtime]")
     ).to_have_text("resident")
     save_screenshot(dashboard, "job-runtimes.png")
+    detail = context.new_page()
+    detail.set_default_timeout(TIMEOUT_MS)
+    detail.goto(f"/devices/{lab_rows['app'].pk}/")
+    expect(detail.locator("[data-testid=app-command]")).to_contain_text("--secret-file ~/.fedfleet-agent-secret")
+    expect(detail.locator("[data-testid=runtime]")).to_have_text("app")
+    save_screenshot(detail, "device-app-runtime.png")
     context.close()
 
     viewer_context, viewer_fleet = logged_in_page(

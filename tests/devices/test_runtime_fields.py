@@ -98,3 +98,26 @@ def test_the_migration_gives_existing_phones_distinct_secrets() -> None:
     migration.give_each_phone_its_own_secret(django_apps, None)
     secrets = list(Device.objects.values_list("agent_secret", flat=True))
     assert len(set(secrets)) == 2 and "the-same-for-every-row" not in secrets
+
+
+def test_the_device_page_shows_the_runtime_and_the_command_to_operators_only(
+    operator_user: Any, viewer_user: Any
+) -> None:
+    from django.test import Client  # noqa: PLC0415
+
+    operator, viewer = Client(), Client()
+    operator.force_login(operator_user)
+    viewer.force_login(viewer_user)
+    device = services.create_device(
+        settings_for(
+            "stock", 5009, runtime="app", agent_secret="detail-page-secret-0123", work_dir="/sdcard/fedfleet"
+        )
+    )
+    page = operator.get(f"/devices/{device.pk}/").content.decode()
+    assert 'data-testid="runtime">app<' in page
+    assert "echo detail-page-secret-0123 &gt; ~/.fedfleet-agent-secret" in page
+    shown = viewer.get(f"/devices/{device.pk}/").content.decode()
+    assert 'data-testid="runtime">app<' in shown and "detail-page-secret-0123" not in shown
+    fleet = viewer.get("/devices/").content.decode()
+    assert "detail-page-secret-0123" not in fleet and 'id="app-agents"' not in fleet
+    assert "detail-page-secret-0123" in operator.get("/devices/").content.decode()
