@@ -316,3 +316,30 @@ def test_staff_may_change_any_job(operator: Any) -> None:  # noqa: F811
     assert browser.post(f"/jobs/{job.pk}/pause/").status_code == 302
     job.refresh_from_db()
     assert job.status == JobStatus.PAUSED
+
+
+def test_a_phone_whose_run_died_is_released_as_soon_as_its_round_closed(operator: Any) -> None:  # noqa: F811
+    """A devices worker killed mid-round: at the deadline the round is abandoned while its phones' runs
+    still look alive; once they are stale the watchdog frees the phones without waiting out the grace."""
+    job = make_job(operator)
+    phone = make_device("orphaned")
+    _leased(phone, job)
+    rnd = make_round(job, 1, status=RoundStatus.TRAINING)
+    result = add_client(rnd, phone, ClientState.TRAINING)
+    ClientResult.objects.filter(pk=result.pk).update(runner="e" * 32, runner_seen_at=timezone.now())
+    Round.objects.filter(pk=rnd.pk).update(status=RoundStatus.ABANDONED)
+    closing.stop_and_release(job.pk, [ClientResult.objects.select_related("device").get(pk=result.pk)])
+    assert Device.objects.get(pk=phone.pk).lease_job_id == job.pk  # its run still looked alive
+    ClientResult.objects.filter(pk=result.pk).update(runner_seen_at=_long_ago(leases.RUN_STALE_AFTER_S + 1))
+    assert watchdog.release_stranded_leases() == [phone.pk]  # leased seconds ago, but its round is over
+    assert Device.objects.get(pk=phone.pk).status == DeviceStatus.ONLINE
+
+
+def test_watchdog_closes_a_round_whose_last_close_was_lost(operator: Any, sent: list) -> None:  # noqa: F811
+    job = make_job(operator)
+    rnd = make_round(job, 1, status=RoundStatus.TRAINING)
+    Round.objects.filter(pk=rnd.pk).update(deadline_at=timezone.now() + timedelta(minutes=5))
+    for index in range(2):
+        add_client(rnd, make_device(f"done-{index}"), ClientState.REPORTED)
+    watchdog.watchdog()
+    assert ("close_round", (rnd.pk,)) in sent

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from devices.models import Device
+from training.engine.closing import round_ready_to_close
 from training.engine.rounds import open_round
 from training.engine.simulation import redrive_batches
 from training.jobs import dispatch, leases, services
@@ -26,7 +27,7 @@ from training.models import (
 log = logging.getLogger(__name__)
 
 # Seconds after a round's deadline before the watchdog assumes the deadline task was lost.
-DEADLINE_GRACE_S = 15.0
+DEADLINE_GRACE_S = 5.0
 
 
 # A job with no open round and no engine activity (every step writes the job log) for this long has lost
@@ -35,7 +36,7 @@ IDLE_JOB_AFTER_S = 30.0
 # A round stuck aggregating this long lost its worker mid-aggregation (aggregation takes seconds).
 AGGREGATION_STALE_S = 60.0
 # A phone's task sent this long ago with no live run on it was lost (with Redis or a killed worker).
-REDISPATCH_AFTER_S = 30.0
+REDISPATCH_AFTER_S = leases.RUN_STALE_AFTER_S
 LEASE_GRACE_S = 60.0
 
 
@@ -58,6 +59,8 @@ def watchdog() -> None:
                 dispatch.close_round(rnd.pk, at_deadline=True)
         elif now > rnd.deadline_at + timedelta(seconds=DEADLINE_GRACE_S):
             dispatch.close_round(rnd.pk, at_deadline=True)
+        elif round_ready_to_close(rnd):  # its last phone's close_round was lost (e.g. with Redis)
+            dispatch.close_round(rnd.pk)
         else:
             redrive_dead_runs(rnd, now)
     release_stranded_leases()
@@ -100,21 +103,20 @@ def redrive_dead_runs(rnd: Round, now: datetime) -> list[int]:
 
 
 def release_stranded_leases(now: datetime | None = None) -> list[int]:
-    """Phones leased to a job with no live run and no place in an open round of that job (a lost task
-    left them busy) go back to the pool. A lease younger than LEASE_GRACE_S is left alone: start_round
-    leases its phones a moment before it writes their results."""
+    """Phones leased to a job with no live run and no place in an open round of that job (a lost task, or
+    a run whose worker died, left them busy) go back to the pool. start_round leases its phones a moment
+    before it writes their results, so a lease with no round since it was taken is left alone for
+    LEASE_GRACE_S; one whose round has closed since is released at once."""
     now = now or timezone.now()
+    young = now - timedelta(seconds=LEASE_GRACE_S)
     released = []
-    leased = Device.objects.filter(
-        lease_job_id__isnull=False, status_changed_at__lt=now - timedelta(seconds=LEASE_GRACE_S)
-    )
-    for device_id, job_id in leased.values_list("pk", "lease_job_id"):
-        in_round = ClientResult.objects.filter(
-            device_id=device_id,
-            job_id=job_id,
-            state__in=IN_FLIGHT_STATES,
-            round__status__in=OPEN_ROUND_STATUSES,
-        ).exists()
-        if not in_round and not leases.release_idle(job_id, [device_id]):
+    leased = Device.objects.filter(lease_job_id__isnull=False)
+    for device_id, job_id, leased_at in leased.values_list("pk", "lease_job_id", "status_changed_at"):
+        mine = ClientResult.objects.filter(device_id=device_id, job_id=job_id)
+        if mine.filter(round__status__in=OPEN_ROUND_STATUSES).exists():
+            continue  # its round is still open: the close releases it
+        round_over = leased_at is not None and mine.filter(round__started_at__gte=leased_at).exists()
+        settled = round_over or leased_at is None or leased_at < young
+        if settled and not leases.release_idle(job_id, [device_id]):
             released.append(device_id)
     return released

@@ -43,7 +43,8 @@ def release_job(job_id: int) -> set[int]:
 # --- live runs: a phone is busy while a run on it is alive, whatever its round's state ----------------------
 # A run (engine/client.py) claims its ClientResult with an owner token and beats every few seconds; one
 # not heard of for this long is dead (its worker was killed) and may be taken over.
-RUN_STALE_AFTER_S = 30.0
+# Three missed heartbeats (client.HEARTBEAT_EVERY_S = 5 s).
+RUN_STALE_AFTER_S = 15.0
 
 
 def live_run_filter(now: datetime | None = None) -> Q:
