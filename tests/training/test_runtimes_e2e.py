@@ -160,3 +160,38 @@ def test_the_resident_agent_stays_up_between_jobs(
     second = one_round_job("resident-second")
     assert second.status == JobStatus.COMPLETED, second.error
     assert all(pid.isdigit() for pid in before) and pids() == before
+
+
+def test_a_resident_agent_killed_mid_round_fails_that_phone_and_is_back_next_round(
+    celery_worker: dict[str, ManagedProcess], mixed_lab: VirtualLab
+) -> None:
+    devices = [d for d in register_mixed(mixed_lab) if d.runtime == "resident"]
+    for device in devices:
+        probe_until_online(device)
+    job = launch(
+        "rt-resident", rounds=3, clients_per_round=2, min_clients=1, local_epochs=60, round_deadline_s=120
+    )
+    victim: list[Device] = []
+
+    def training_with_progress() -> bool:
+        for result in job.client_results.filter(round__number=1, state=ClientState.TRAINING, step__gt=0):
+            victim.append(result.device)
+            return True
+        return False
+
+    wait_until(training_with_progress, timeout_s=120, interval_s=0.05, what="a resident phone training")
+    with adb.connect(adb.Target("tcp", victim[0].address)) as conn:
+        pid = conn.shell("cat /data/local/tmp/fedfleet/agent.pid").strip()
+        assert pid.isdigit() and conn.shell(f"kill -9 {pid}; echo $?").strip() == "0"
+    job = wait_for_job(job, (JobStatus.COMPLETED, JobStatus.FAILED))
+
+    assert job.status == JobStatus.COMPLETED, job.error
+    first = job.client_results.get(round__number=1, device=victim[0])
+    assert first.state == ClientState.FAILED and first.reason.startswith("agent connection lost"), (
+        first.reason
+    )
+    # The phone stayed in the lab (ADB answered all along) and its next round started a new agent.
+    later = job.client_results.filter(round__number__gt=1, device=victim[0], state=ClientState.REPORTED)
+    assert later.exists()
+    with adb.connect(adb.Target("tcp", victim[0].address)) as conn:
+        assert conn.shell("cat /data/local/tmp/fedfleet/agent.pid").strip() not in ("", pid)
