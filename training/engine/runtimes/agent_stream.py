@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STREAM_TIMEOUT_S = 30.0  # one frame's worth of waiting (a train's own deadline bounds the whole run)
 AGENT_WAIT_S = 120.0  # an agent that (re)starts imports torch: seconds on a phone
+REFUSAL_GRACE_S = 5.0  # how long a replaced agent with another secret may still answer
 # What this side will read in one frame: an update is at most twice the model plus slack, checked again
 # against the round's own limit in collect(); nothing a phone sends is held beyond this.
 MAX_INCOMING_BYTES = 256 * 1024 * 1024
@@ -140,12 +141,14 @@ def wait_for_agent(
     """open_agent(), retried while the phone refuses the stream (an agent starting or re-executing).
     `restarting`: an agent with another secret was just replaced, and may answer for a moment more."""
     deadline = time.monotonic() + wait_s
+    # A predecessor answers for moments at most; one refusing for longer holds the port for good.
+    refusals_until = time.monotonic() + REFUSAL_GRACE_S
     pause = 0.02
     while True:
         try:
             return open_agent(conn, device)
         except (adb.StreamRefused, AgentRefusedSecret) as exc:
-            if isinstance(exc, AgentRefusedSecret) and not restarting:
+            if isinstance(exc, AgentRefusedSecret) and (not restarting or time.monotonic() > refusals_until):
                 raise
             if time.monotonic() + pause > deadline:
                 if isinstance(exc, AgentRefusedSecret):
@@ -193,12 +196,15 @@ class AgentStreamSession:
 
     def prepare(self, job_files: JobFiles, *, send_union: bool) -> Prepared:
         with agent_errors(self.conn):
-            wanted = [self.shard, *([self.union] if job_files.union is not None else [])]
+            wanted = [
+                *([self.shard] if job_files.shard is not None else []),  # None: the phone's own files
+                *([self.union] if job_files.union is not None else []),
+            ]
             # Earlier rounds' dirs of this job go first (the phone is leased to one job, one round at a
             # time); one round trip for both questions.
             _, current = self.client.remove_and_hash(self.rounds, wanted)
             pushed = union = 0
-            if current.get(self.shard) != job_files.shard_sha256:
+            if job_files.shard is not None and current.get(self.shard) != job_files.shard_sha256:
                 pushed += int(self.client.put_file(self.shard, job_files.shard)["size"])
             if send_union and job_files.union is not None and job_files.union_sha256 is not None:
                 if current.get(self.union) != job_files.union_sha256:
