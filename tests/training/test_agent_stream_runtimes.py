@@ -32,6 +32,7 @@ from training.engine.runtimes.agent_stream import AgentDied, AgentRefusedSecret,
 from training.engine.runtimes.app import probe_agent
 from training.engine.runtimes.base import (
     AgentRun,
+    ClientError,
     ClientOffline,
     JobFiles,
     OutputMissing,
@@ -327,3 +328,42 @@ def test_test_connection_detects_the_runtime(lab: LabThread) -> None:
     shell = probe(adb.Target("tcp", by_serial["vr-resident"].address), detect=True)
     assert (stock.status, stock.runtime) == (DeviceStatus.ONLINE, "app")
     assert (shell.status, shell.runtime) == (DeviceStatus.ONLINE, "exec")
+
+
+def test_an_outdated_resident_agent_that_cannot_be_upgraded_is_restarted(
+    lab: LabThread, tmp_path: Path, outdated_pyz: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.engine.runtimes import resident  # noqa: PLC0415
+
+    device = resident_device(lab)
+    files = AgentFiles(device)
+    with adb.connect(adb.Target("tcp", device.address)) as conn:  # last month's build, running
+        old = resident.recorded_pid(conn, files)
+        conn.push(outdated_pyz, files.agent)
+        resident.push_secret(conn, device.agent_secret, files.secret)
+        conn.shell(resident.start_command(device, files, old))
+        outdated = wait_until(lambda: agent_hash_or_none(device), timeout_s=120, what="the outdated agent")
+        first_pid = resident.recorded_pid(conn, files)
+    assert outdated != agent_build().sha256
+    # The fault: this agent's upgrade over the stream fails (once).
+    real, failures = resident.up_to_date, []
+
+    def failing_once(conn: adb.AdbConnection, device: Device, client: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise ClientError("upgrade refused: read-only archive")
+        return real(conn, device, client)
+
+    monkeypatch.setattr(resident, "up_to_date", failing_once)
+    run, _, _ = train_round(device, tmp_path, 940)
+    assert run.exit_code == 0 and failures == [1]
+    assert agent_hash(device) == agent_build().sha256
+    with adb.connect(adb.Target("tcp", device.address)) as conn:
+        assert resident.recorded_pid(conn, files) not in (None, first_pid)
+
+
+def agent_hash_or_none(device: Device) -> str | None:
+    try:
+        return agent_hash(device)
+    except (adb.StreamRefused, ClientError):
+        return None

@@ -4,7 +4,7 @@ The platform starts it itself through the shell — agent.pyz and the secret pus
 secret as a 0600 file over ADB's sync service: never on a command line nor in an environment), then one
 fixed command `nohup <python> agent.pyz serve ... > agent.log 2>&1 & echo $! > agent.pid` — and restarts
 it when it died (the stream is refused: a stale pid is killed first) or knows another secret; an outdated
-one is upgraded over the stream (agent_stream.py).
+one is upgraded over the stream (agent_stream.py), and restarted with the current build when that fails.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from training.engine.runtimes.agent_stream import (
     up_to_date,
     wait_for_agent,
 )
+from training.engine.runtimes.base import ClientError
 from training.engine.runtimes.exec_shell import agent_build, push_if_changed, remote_sha256
 from training.jobs import storage
 
@@ -105,8 +106,23 @@ class ResidentRuntime(AgentStreamRuntime):
             client = open_agent(conn, device)
         except (adb.StreamRefused, AgentRefusedSecret):
             # Not running (never started, died, killed) — or running with a secret the phone no longer has.
-            start_agent(conn, device)
-            client = wait_for_agent(
-                conn, device, wait_s=AGENT_WAIT_S, why=lambda: log_tail(conn, device), restarting=True
+            client = self._restart(conn, device)
+        try:
+            return up_to_date(conn, device, client)
+        except ClientError as exc:
+            if conn.closed:
+                raise
+            # An outdated agent that could not be upgraded over the stream (refused, did not take, did not
+            # come back): the shell replaces it with the current build.
+            log.warning(
+                "%s: upgrading its agent over the stream failed (%s); restarting it", device, exc.reason()
             )
-        return up_to_date(conn, device, client)
+            client.close()
+            return up_to_date(conn, device, self._restart(conn, device))
+
+    @staticmethod
+    def _restart(conn: adb.AdbConnection, device: Device) -> protocol.AgentClient:
+        start_agent(conn, device)
+        return wait_for_agent(
+            conn, device, wait_s=AGENT_WAIT_S, why=lambda: log_tail(conn, device), restarting=True
+        )
