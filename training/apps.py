@@ -13,8 +13,10 @@ class TrainingConfig(AppConfig):
         from devices.extensions import register_agent_check, register_device_panel  # noqa: PLC0415
         from training.analysis import tasks as analysis_tasks  # noqa: F401, PLC0415
         from training.analysis.hooks import enqueue_round_analysis  # noqa: PLC0415
-        from training.engine import scaffold_notes  # noqa: PLC0415
-        from training.engine import export_tasks  # noqa: F401, PLC0415
+        from training.engine import (
+            export_tasks,  # noqa: F401, PLC0415
+            scaffold_notes,  # noqa: PLC0415
+        )
         from training.engine import tasks as engine_tasks  # noqa: F401, PLC0415
         from training.engine.runtimes import app as app_runtime  # noqa: PLC0415
         from training.jobs import datasets as stored_datasets  # noqa: PLC0415

@@ -39,6 +39,13 @@ def add_lab_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="agent.pyz for phones with the Termux-like app (stock profiles): installed and started there",
     )
+    parser.add_argument(
+        "--seed-data",
+        type=Path,
+        default=None,
+        help="a directory of phone-<index>/ folders copied into each phone's work dir (phone-resident data; "
+        "manage.py phone_data_files writes one)",
+    )
     add_scenario_arguments(parser)
     add_misbehaviour_arguments(parser)
 
@@ -65,6 +72,7 @@ def config_from_args(args: argparse.Namespace, *, default_keys: Path | None, dat
         hold_online_s=hold_from_args(args),
         misbehaviour=misbehaviour_from_args(args),
         agent_pyz=args.agent_pyz,
+        seed_data=args.seed_data,
     )
 
 

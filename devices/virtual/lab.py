@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from typing import TypeVar
 
 from devices.virtual.auth import KeyStore
 from devices.virtual.misbehaviour import Misbehaviour, apply_misbehaviour, write_record
-from devices.virtual.phone import VirtualPhone
+from devices.virtual.phone import APP_WORK_DIR, VirtualPhone
 from devices.virtual.profile import PhoneProfile, load_profiles
 from devices.virtual.runner import ProgramRunner, SubprocessRunner
 from devices.virtual.scenarios import Scenario, apply_scenario
@@ -62,6 +63,13 @@ class LabConfig:
     # An agent.pyz that phones with the Termux-like app get in /sdcard/fedfleet/ (as a person would copy
     # it there); their app's agent is then started with the lab (profile.termux.autostart).
     agent_pyz: Path | None = None
+    # Files already on the phones before any job (phone-resident data): <seed_data>/phone-<index>/ is
+    # copied into phone <index>'s work dir (/data/local/tmp/fedfleet/, a stock phone's /sdcard/fedfleet/),
+    # as a person would have put them there. `manage.py phone_data_files` writes such a directory.
+    seed_data: Path | None = None
+
+
+SHELL_WORK_DIR = "/data/local/tmp/fedfleet"
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,13 @@ class VirtualLab:
         if self.config.agent_pyz is not None and not Path(self.config.agent_pyz).is_file():
             await self.stop()
             raise LabError(f"agent.pyz {self.config.agent_pyz} does not exist")
+        if self.config.seed_data is not None:
+            try:
+                seeded = seed_phone_files(self.phones, Path(self.config.seed_data))
+            except (OSError, ValueError) as exc:
+                await self.stop()
+                raise LabError(f"cannot seed the phones' data from {self.config.seed_data}: {exc}") from exc
+            log.info("seeded %d phones with files from %s", seeded, self.config.seed_data)
         with_app = [phone for phone in self.phones if phone.profile.termux.installed]
         if with_app:
             write_agent_secrets(lab_dir, with_app)
@@ -325,3 +340,19 @@ class LabThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def seed_phone_files(phones: list[VirtualPhone], source: Path) -> int:
+    """Copy <source>/phone-<index>/ into each phone's work dir; the number of phones seeded. A phone
+    without a folder gets nothing (it has no data of its own: its rounds fail with the agent's reason)."""
+    if not source.is_dir():
+        raise ValueError("not a directory")
+    seeded = 0
+    for index, phone in enumerate(phones):
+        folder = source / f"phone-{index:04d}"
+        if not folder.is_dir():
+            continue
+        work_dir = phone.sandbox.resolve(APP_WORK_DIR if phone.profile.stock else SHELL_WORK_DIR, write=True)
+        shutil.copytree(folder, work_dir, dirs_exist_ok=True, symlinks=False)
+        seeded += 1
+    return seeded

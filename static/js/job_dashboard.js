@@ -191,7 +191,8 @@ function renderParticipants(participants) {
   document.getElementById("participants").replaceChildren(...participants.map((p) => el("tr", {}, [
     el("td", { textContent: p.device_name }),
     el("td", { className: "num", textContent: String(p.client_index) }),
-    el("td", { className: "num", textContent: String(p.num_samples) }),
+    el("td", { className: "num", textContent: p.samples_known === false ? "–" : String(p.num_samples) }),
+    el("td", { className: "small", textContent: p.data_source || "" }),
     el("td", { className: "num", textContent: String(p.rounds_reported) }),
     el("td", { className: "num", textContent: p.last_round === null ? "–" : String(p.last_round) }),
     el("td", { className: "muted", textContent: p.excluded ? `excluded: ${p.excluded_reason}` : "" }),

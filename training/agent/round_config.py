@@ -22,7 +22,11 @@ config.json (unknown keys are allowed: client algorithms read their own, e.g. Fe
     seed         int = 0           the client's own seed for this round (client_config_for_round)
     max_steps    int | null        stop after this many SGD steps (partial work is reported)
     deadline_s   number | null     stop once training has run this long (partial work is reported)
-    shard        str, required     safetensors file with `x` (float32, n × input_shape), `y` (int64, n)
+    shard        str, required     safetensors file with `x` (float32, n × input_shape), `y` (int64, n);
+                                   not needed with local_data
+    local_data   object | null     phone-resident data: {"dir": "data", "report": false} — train on the
+                                   phone's own dir/train.npz or dir/train.csv (local_data.py); report:
+                                   whether result.json may carry its sample count and label histogram
     state_dir    str | null        persistent per-client directory (SCAFFOLD's c_i); created if missing
     union        str | null        `request` only: safetensors file with the union U (`<table>.union`)
     work_dir     str | null        base for relative `shard` / `state_dir` / `union`; default: the directory that
@@ -54,11 +58,43 @@ CANCEL_FILE = "cancel"
 OUTPUT_FILES = (UPDATE_FILE, RESULT_FILE)
 
 DEFAULT_MAX_SHARD_BYTES = 1024 * 1024 * 1024
+DATA_FILES = ("train.npz", "train.csv")  # a phone's own data, in its local_data dir (first found wins)
+DEFAULT_LOCAL_DATA_DIR = "data"
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class AgentError(Exception):
     """A problem the agent reports as {"event": "error", "message": ...} and a non-zero exit."""
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """config.json's `local_data`: where the phone's own files are and whether counts may be reported."""
+
+    dir: Path
+    report: bool
+
+    def data_file(self) -> Path:
+        """The first of train.npz / train.csv present (train.npz when neither is: reading it says so)."""
+        for name in DATA_FILES:
+            if (self.dir / name).is_file():
+                return self.dir / name
+        return self.dir / DATA_FILES[0]
+
+
+def parse_local_data(raw: Any, work_dir: Path) -> LocalData | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise AgentError(f"{CONFIG_FILE}: local_data must be an object")
+    folder = raw.get("dir", DEFAULT_LOCAL_DATA_DIR)
+    if not isinstance(folder, str) or not folder or ".." in Path(folder).parts:
+        raise AgentError(f"{CONFIG_FILE}: local_data.dir must be a path inside the work dir")
+    report = raw.get("report", False)
+    if not isinstance(report, bool):
+        raise AgentError(f"{CONFIG_FILE}: local_data.report must be true or false")
+    path = Path(folder)
+    return LocalData(dir=path if path.is_absolute() else work_dir / path, report=report)
 
 
 @dataclass(frozen=True)
@@ -73,6 +109,7 @@ class RoundConfig:
     progress_every: int
     max_update_bytes: int
     max_shard_bytes: int
+    local_data: LocalData | None = None  # set: `shard` is the phone's own data file, not a pushed shard
 
 
 def read_config(round_dir: Path, *, default_work_dir: Path) -> RoundConfig:
@@ -93,7 +130,8 @@ def read_config(round_dir: Path, *, default_work_dir: Path) -> RoundConfig:
 def parse_config(raw: Any, *, default_work_dir: Path) -> RoundConfig:
     if not isinstance(raw, dict):
         raise AgentError(f"{CONFIG_FILE} must hold a JSON object")
-    for key in ("algorithm", "model", "lr", "shard"):
+    required = ("algorithm", "model", "lr") + (() if raw.get("local_data") is not None else ("shard",))
+    for key in required:
         if key not in raw:
             raise AgentError(f"{CONFIG_FILE}: missing required key {key!r}")
     algorithm, model = raw["algorithm"], raw["model"]
@@ -108,17 +146,19 @@ def parse_config(raw: Any, *, default_work_dir: Path) -> RoundConfig:
     work_dir = default_work_dir
     if raw.get("work_dir") is not None:
         work_dir = Path(_string(raw, "work_dir"))
+    local_data = parse_local_data(raw.get("local_data"), work_dir)
     return RoundConfig(
         raw=raw,
         algorithm=algorithm,
         model=model,
         local=local,
-        shard=_resolve(work_dir, _string(raw, "shard")),
+        shard=local_data.data_file() if local_data is not None else _resolve(work_dir, _string(raw, "shard")),
         state_dir=None if raw.get("state_dir") is None else _resolve(work_dir, _string(raw, "state_dir")),
         union=None if raw.get("union") is None else _resolve(work_dir, _string(raw, "union")),
         progress_every=_positive_int(raw, "progress_every", 1),
         max_update_bytes=_positive_int(raw, "max_update_bytes", DEFAULT_MAX_UPDATE_BYTES),
         max_shard_bytes=_positive_int(raw, "max_shard_bytes", DEFAULT_MAX_SHARD_BYTES),
+        local_data=local_data,
     )
 
 

@@ -136,7 +136,18 @@ ShardLoader = Callable[[RoundConfig], tuple[torch.Tensor, torch.Tensor]]
 
 def load_shard(config: RoundConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The phone's data: `x` float32 (n, *input_shape), `y` int64 (n,) with labels < num_classes.
-    CTR shards hold ids, so their `x` is int64 (packed by `CTRSamples.to_xy`, checked by its `from_xy`)."""
+    CTR shards hold ids, so their `x` is int64 (packed by `CTRSamples.to_xy`, checked by its `from_xy`).
+    A phone-resident job reads the phone's own file instead (local_data.py)."""
+    if config.local_data is not None:
+        from training.agent.local_data import load_local_data  # noqa: PLC0415 - only such jobs need it
+
+        num_classes = config.model.get("num_classes")
+        return load_local_data(
+            config.shard,
+            input_shape=tuple(int(d) for d in config.model.get("input_shape", ())),
+            num_classes=num_classes if isinstance(num_classes, int) else None,
+            max_bytes=config.max_shard_bytes,
+        )
     try:
         tensors = load_tensors(config.shard, max_bytes=config.max_shard_bytes)
     except InvalidUpdate as exc:
@@ -240,10 +251,31 @@ def run_train(
     timings["total_s"] = time.perf_counter() - started
     summary = result_summary(config, result, update, timings, slowdown)
     summary["samples"] = load_behaviour(behaviour).reported_samples(result.num_samples)  # a liar lies here
+    if config.local_data is not None:
+        summary.update(local_data_report(config, y, summary["samples"]))
+        if not config.local_data.report:  # step counts would tell the sample count: ceil(n / B) · E
+            summary.pop("steps", None)
+            summary.pop("planned_steps", None)
     write_bytes_atomic(
         round_dir / RESULT_FILE, json.dumps(_json_safe(summary), indent=1, allow_nan=False).encode()
     )
     emit(stdout, "done", **{k: v for k, v in summary.items() if k != "format"})
+
+
+def local_data_report(config: RoundConfig, y: torch.Tensor, samples: int) -> dict[str, Any]:
+    """What result.json says of a phone's own data: the file's name always; its sample count and label
+    histogram only when the job allows (else the update counts with weight 1 and nothing is told)."""
+    assert config.local_data is not None
+    num_classes = config.model.get("num_classes")
+    if not config.local_data.report or not isinstance(num_classes, int):
+        return {"samples": 1, "local_data": {"file": config.shard.name, "reported": False}}
+    from training.agent.local_data import label_histogram  # noqa: PLC0415
+
+    histogram = label_histogram(y, num_classes)
+    return {
+        "samples": samples,
+        "local_data": {"file": config.shard.name, "reported": True, "label_counts": histogram},
+    }
 
 
 def run_request(

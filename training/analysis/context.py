@@ -69,6 +69,8 @@ def influence_decision(config: JobConfig, num_parameters: int) -> tuple[bool, st
     """Resolve the job's influence mode (auto/on/off) into on or off, with the reason."""
     if config.influence == "off":
         return False, "off (the job's setting)"
+    if config.data_on_phone:  # the estimate needs each phone's data size and steps, which stay on the phone
+        return False, "off: the data stays on the phones"
     if config.algorithm not in INFLUENCE_ALGORITHMS:
         return False, f"off: {config.algorithm} uploads are not model deltas"
     if config.influence == "on":

@@ -30,8 +30,9 @@ from django.utils import timezone
 
 from devices import services as device_services
 from devices.models import Device, DeviceStatus
-from training.engine import submodel_rounds, uploads
+from training.engine import phone_data, submodel_rounds, uploads
 from training.engine.closing import maybe_close_round
+from training.engine.jobdata import cached_model_spec, job_config
 from training.engine.runtimes import runtime_for
 from training.engine.runtimes.agent_output import phone_json
 from training.engine.runtimes.base import (
@@ -329,14 +330,23 @@ def _run(result: ClientResult) -> None:
             return
         pull_s = time.monotonic() - t2
 
-    _accept(result, participant.num_samples, local_dir, limit, pull_s, request, payload_down)
+    weight = participant.num_samples
+    if job.config.get("data_on_phone"):  # the phone's first report of its own data is recorded once
+        weight = phone_data.record_first_report(participant, local_dir / "result.json", _num_classes(job))
+    _accept(result, weight, local_dir, limit, pull_s, request, payload_down)
+
+
+def _num_classes(job: Job) -> int:
+    config = job_config(job)
+    return int(cached_model_spec(job, config)["num_classes"])
 
 
 def job_files(job_id: int, participant: Participant, *, submodel: bool) -> JobFiles:
-    """What the phone keeps for the whole job (the runtime sends what it lacks)."""
+    """What the phone keeps for the whole job (the runtime sends what it lacks). A phone-resident job's
+    participants have no shard (shard_sha256 empty): nothing of the data is sent."""
     union = storage.union_path(job_id) if submodel else None
     return JobFiles(
-        shard=storage.shard_path(job_id, participant.client_index),
+        shard=storage.shard_path(job_id, participant.client_index) if participant.shard_sha256 else None,
         shard_sha256=participant.shard_sha256,
         union=union,
         union_sha256=union_sha256(union) if union is not None and union.exists() else None,

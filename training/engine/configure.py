@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from training.engine import phone_data
 from training.engine.jobdata import cached_model_spec, job_config, total_samples
 from training.fl.client import client_config_for_round
 from training.fl.wire import save_tensors, write_bytes_atomic
@@ -57,6 +58,8 @@ def write_payload(
         "model": splits_spec,
         "shard": storage.relative_shard_path(job.pk),
         "state_dir": storage.relative_state_dir(job.pk),
+        # A phone-resident job names the phone's own files instead of a shard (engine/phone_data.py).
+        **(phone_data.agent_config(config) if config.data_on_phone else {}),
         "num_clients": job.participants.count(),
         "num_samples": participant.num_samples,
         "total_samples": total_samples(job),

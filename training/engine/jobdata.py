@@ -72,5 +72,8 @@ def cached_model_spec(job: Job, config: JobConfig) -> dict[str, Any]:
 
 def total_samples(job: Job) -> int:
     if job.pk not in _TOTAL_CACHE:
-        _TOTAL_CACHE[job.pk] = sum(job.participants.values_list("num_samples", flat=True))
+        sizes = list(job.participants.values_list("num_samples", flat=True))
+        if 0 in sizes:  # a phone-resident job whose phones have not all reported yet: not final
+            return sum(sizes)
+        _TOTAL_CACHE[job.pk] = sum(sizes)
     return _TOTAL_CACHE[job.pk]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from django.db import DatabaseError, transaction
 
-from training.engine import simulation, submodel_rounds
+from training.engine import phone_data, simulation, submodel_rounds
 from training.engine.jobdata import build_strategy, job_config, job_model_spec, load_job_dataset
 from training.engine.selection import eligible_devices
 from training.fl.evaluate import evaluate_weights
@@ -65,6 +65,9 @@ def _prepare_job(job_id: int) -> None:
             f"{list(config.device_tags) or 'any'}), found {len(pool)}",
         )
         return
+    if config.data_on_phone:  # no shards: each phone trains on its own files (engine/phone_data.py)
+        phone_data.prepare_resident(job, config, pool)
+        return
     splits = load_job_dataset(config)
     param = PARTITION_PARAM_NAMES.get(config.partition)
     params: dict[str, Any] = {}
@@ -93,6 +96,7 @@ def _prepare_job(job_id: int) -> None:
                 num_samples=len(shard),
                 label_counts=counts,
                 shard_sha256=storage.file_sha256(path),
+                data_source=f"shard of {len(shard)} samples pushed by the server",
             )
         )
     spec = job_model_spec(config, splits)

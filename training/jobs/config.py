@@ -101,6 +101,13 @@ class JobConfig:
     sim_availability: str = "always"
     sim_trace: str = ""
     sim_params: dict[str, Any] = field(default_factory=dict)
+    # Phone-resident data: each phone trains on files already in <work dir>/<phone_data_dir>/ (train.npz
+    # or train.csv, README) and the server pushes no shard; the data set is then only the held-out test
+    # set. phone_data_report: phones may report their sample count and label histogram (else every
+    # update weighs the same and nothing about a phone's data is told).
+    data_on_phone: bool = False
+    phone_data_dir: str = "data"
+    phone_data_report: bool = False
 
     @property
     def min_reports(self) -> int:
@@ -155,7 +162,10 @@ _CHOICES = {
     "partition": lambda: list(PARTITIONS),
     "influence": lambda: list(INFLUENCE_MODES),
 }
-_BOOLEANS = frozenset({"require_charging", "auto_exclude", "backdoor_test"})
+_BOOLEANS = frozenset(
+    {"require_charging", "auto_exclude", "backdoor_test", "data_on_phone", "phone_data_report"}
+)
+PHONE_DATA_DIR_RE = re.compile(r"^[A-Za-z0-9_.-]{1,60}(/[A-Za-z0-9_.-]{1,60}){0,4}$")
 
 
 def _as_int(value: Any) -> int:
@@ -266,6 +276,13 @@ def parse_job_config(data: Mapping[str, Any]) -> JobConfig:
                 values[name] = _parse_params(raw, lists=True)
             elif name.endswith("_params"):
                 values[name] = _parse_params(raw)
+            elif name == "phone_data_dir":
+                text = str(raw).strip().strip("/")
+                if not PHONE_DATA_DIR_RE.match(text) or ".." in text.split("/"):
+                    raise ValueError(
+                        "a folder inside the phone's work dir: letters, digits, '_', '.', '-' and '/'"
+                    )
+                values[name] = text
             elif name == "name":
                 text = str(raw).strip()
                 if not 1 <= len(text) <= 120:
@@ -356,6 +373,7 @@ def _check_consistency(config: JobConfig, errors: dict[str, str]) -> None:
             errors["dataset_params"] = problem
     _check_submodel(config, errors)
     _check_influence(config, errors)
+    _check_phone_data(config, errors)
     simulation_config.check(config, errors)
 
 
@@ -376,6 +394,26 @@ def _check_submodel(config: JobConfig, errors: dict[str, str]) -> None:
         errors["partition"] = "recsys gives each phone its own user's logs: choose the natural partition"
     if config.dataset == SUBMODEL_DATASET and config.backdoor_test:
         errors["backdoor_test"] = "the backdoor test needs an image or feature data set, not click logs"
+
+
+def _check_phone_data(config: JobConfig, errors: dict[str, str]) -> None:
+    """Phone-resident data goes with lab jobs of feature data sets; the data set is the held-out set."""
+    if not config.data_on_phone:
+        if config.phone_data_report:
+            errors["phone_data_report"] = "only phone-resident jobs (data on the phones) report counts"
+        return
+    if config.backend != "lab":
+        errors["data_on_phone"] = "phone-resident data needs phones: choose the lab backend"
+    elif config.algorithm in SUBMODEL_ALGORITHMS or config.dataset == SUBMODEL_DATASET:
+        errors["data_on_phone"] = (
+            "submodel jobs request rows of the server's data: not with phone-resident data"
+        )
+    elif config.influence == "on":
+        errors["influence"] = (
+            "influence estimates need each phone's sample count: not with phone-resident data"
+        )
+    elif config.auto_exclude:
+        errors["auto_exclude"] = "automatic exclusion needs client influence: not with phone-resident data"
 
 
 def _check_influence(config: JobConfig, errors: dict[str, str]) -> None:

@@ -287,6 +287,12 @@ def job_snapshot(job: Job) -> dict[str, Any]:
             "excluded_reason": p.excluded_reason,
             "excluded_round": p.excluded_round,
             "excluded_auto": p.excluded_auto,
+            # Which data it trained on (a pushed shard, or its own files on the phone), and whether the
+            # server knows how many samples that was (a phone-resident job may withhold it).
+            "data_source": p.data_source,
+            "samples_known": bool(p.shard_sha256)
+            or p.device_id is None
+            or "reported by the phone" in p.data_source,
         }
         for p in job.participants.select_related("device")
     ]

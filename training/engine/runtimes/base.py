@@ -85,9 +85,11 @@ class OutputTooLarge(ClientError):
 # --- what crosses the seam ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class JobFiles:
-    """What a client keeps for the whole job: its data shard and, for submodel jobs, the union of ids."""
+    """What a client keeps for the whole job: its data shard and, for submodel jobs, the union of ids.
+    `shard` None: no shard — a phone-resident job's client trains on its own files, and nothing of the
+    data is sent (runtimes skip it)."""
 
-    shard: Path
+    shard: Path | None
     shard_sha256: str
     union: Path | None = None
     union_sha256: str | None = None

@@ -133,16 +133,21 @@ class ExecSession:
         with client_errors():
             current = remote_sha256(
                 self.conn,
-                [self.remote_agent, self.remote_shard, *([self.remote_union] if job_files.union else [])],
+                [
+                    self.remote_agent,
+                    *([self.remote_shard] if job_files.shard is not None else []),
+                    *([self.remote_union] if job_files.union else []),
+                ],
                 make_dirs=[self.remote_round, self.remote_state],
                 # Earlier rounds' dirs of this job (the phone is leased to one job, one round at a time).
                 remove_first=self.remote_rounds,
             )
             build = agent_build()
             pushed = push_if_changed(self.conn, build.path, self.remote_agent, build.sha256, current)
-            pushed += push_if_changed(
-                self.conn, job_files.shard, self.remote_shard, job_files.shard_sha256, current
-            )
+            if job_files.shard is not None:  # None: the phone trains on its own files
+                pushed += push_if_changed(
+                    self.conn, job_files.shard, self.remote_shard, job_files.shard_sha256, current
+                )
             union = 0
             if send_union and job_files.union is not None and job_files.union_sha256 is not None:
                 union = push_if_changed(
