@@ -96,3 +96,43 @@ syncPartitionHint();
 for (const name of ELIGIBILITY_FIELDS) field(name).addEventListener("input", refreshEligibility);
 for (const name of ["min_clients", "clients_per_round"]) field(name).addEventListener("input", showEligibility);
 refreshEligibility();
+
+// The model's parameter count, asked of the server as the model, its parameters or the data set change.
+const sizeBox = document.querySelector("[data-model-size]");
+let sizeTimer = null;
+let sizeSequence = 0;
+
+function refreshModelSize() {
+  window.clearTimeout(sizeTimer);
+  sizeTimer = window.setTimeout(async () => {
+    const query = new URLSearchParams();
+    for (const element of form.elements) {
+      if (!element.name || element.disabled || element.type === "submit") continue;
+      const wanted = ["model", "dataset", "data_seed"].includes(element.name)
+        || element.name.startsWith("model_param__") || element.name.startsWith("dataset_param__");
+      if (!wanted) continue;
+      if (element.type === "checkbox") { if (element.checked) query.append(element.name, "on"); continue; }
+      query.append(element.name, element.value);
+    }
+    const mine = ++sizeSequence;
+    try {
+      const response = await fetch(`${form.getAttribute("data-model-size-url")}?${query}`, {
+        headers: { Accept: "application/json" }, credentials: "same-origin",
+      });
+      if (mine !== sizeSequence) return;
+      const answer = await response.json();
+      sizeBox.textContent = answer.text || "";
+      sizeBox.parentElement.classList.toggle("short", answer.parameters === null);
+    } catch (error) {
+      console.warn(error);
+    }
+  }, DEBOUNCE_MS);
+}
+
+field("model")?.addEventListener("change", () => { syncParamSets("model"); refreshModelSize(); });
+syncParamSets("model");
+field("dataset")?.addEventListener("change", refreshModelSize);
+for (const element of form.querySelectorAll('[name^="model_param__"], [name^="dataset_param__"]')) {
+  element.addEventListener("input", refreshModelSize);
+  element.addEventListener("change", refreshModelSize);
+}

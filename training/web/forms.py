@@ -18,10 +18,11 @@ from typing import Any
 
 from django import forms
 
-from training.fl.datasets import DATASET_LOADERS, dataset_names
+from training.fl.datasets import DATASET_LOADERS, dataset_declaration, dataset_names
 from training.fl.fedsubavg import ROW_WEIGHTS
 from training.fl.index_privacy import PRESETS, per_round_epsilon
-from training.fl.nets import model_names
+from training.fl.nets import model_declaration, model_names, validate_model_params
+from training.fl.plugins import Param, ParamError
 from training.fl.registry import STRATEGIES
 from training.fl.robust import AGGREGATORS
 from training.jobs.config import (
@@ -94,7 +95,19 @@ ERROR_FIELD_FOR = {
 }
 
 FIELD_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Job and data", ("name", "dataset", "data_seed", "partition", "partition_param")),
+    (
+        "Job and data",
+        (
+            "name",
+            "dataset",
+            "data_seed",
+            "partition",
+            "partition_param",
+            "data_on_phone",
+            "phone_data_dir",
+            "phone_data_report",
+        ),
+    ),
     ("Model and algorithm", ("model", "algorithm", "aggregator")),
     ("Rounds", ("rounds", "clients_per_round", "min_clients", "over_selection", "round_deadline_s")),
     ("Local training", ("local_epochs", "batch_size", "lr", "seed")),
@@ -115,6 +128,13 @@ FIELD_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
 )
+
+
+def _dataset_label(name: str) -> str:
+    try:
+        return dataset_declaration(name).label or name
+    except ValueError:
+        return name
 
 
 def dataset_param_defaults(name: str) -> dict[str, Any]:
@@ -171,6 +191,42 @@ def _choices(
     names: list[str] | tuple[str, ...], labels: Mapping[str, str] | None = None
 ) -> list[tuple[str, str]]:
     return [(n, (labels or {}).get(n, n)) for n in names]
+
+
+# --- model parameters, from each model's declaration (built-in or plug-in) --------------------------------
+def model_param_field_name(model: str, param: str) -> str:
+    return f"model_param__{model}__{param}"
+
+
+def param_text(value: Any) -> str:
+    """A parameter's value as the form shows it: lists as "200,200"."""
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def declared_param_field(param: Param) -> forms.Field:
+    """A text input (or a select) for one declared parameter; its text is parsed by the declaration
+    (Param.parse, from_text=True), so a list type is typed as "200,200"."""
+    label = PARAM_LABELS.get(param.name, param.name.replace("_", " ").capitalize())
+    bounds = []
+    if param.min is not None:
+        bounds.append(f"≥ {param.min:g}")
+    if param.max is not None:
+        bounds.append(f"≤ {param.max:g}")
+    kind = {"ints": "whole numbers, comma-separated", "int": "whole number", "float": "number"}.get(
+        param.type, param.type
+    )
+    each = " each" if param.type == "ints" and bounds else ""
+    parts = [param.help, f"{kind}{' ' + ', '.join(bounds) + each if bounds else ''}"]
+    parts.append(f"default {param_text(param.default)}")
+    options: dict[str, Any] = {"label": label, "required": False, "initial": param_text(param.default)}
+    help_text = "; ".join(p for p in parts if p)
+    if param.choices:
+        return forms.ChoiceField(choices=[(c, c) for c in param.choices], help_text=help_text, **options)
+    if param.type == "bool":
+        return forms.ChoiceField(choices=[("true", "yes"), ("false", "no")], help_text=help_text, **options)
+    return forms.CharField(max_length=200, help_text=help_text, **options)
 
 
 @dataclass(frozen=True)
@@ -281,9 +337,26 @@ class JobForm(forms.Form):
         label="Trigger value", help_text="Pixel value of the trigger (digits are scaled to 0–1)."
     )
 
+    data_on_phone = forms.BooleanField(
+        required=False,
+        label="Data stays on the phones",
+        help_text="Each phone trains on its own files (train.npz or train.csv in the folder below, in its "
+        "work dir); no shard is sent, and the data set above is only the held-out test set.",
+    )
+    phone_data_dir = forms.CharField(
+        max_length=200, label="Folder on the phone", help_text="Inside the phone's work dir, e.g. data."
+    )
+    phone_data_report = forms.BooleanField(
+        required=False,
+        label="Phones may report sample counts and label histograms",
+        help_text="Otherwise every update weighs the same and nothing about a phone's data is told.",
+    )
+
     def __init__(self, *args: Any, initial_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         config = {**DEFAULTS.to_dict(), **(initial_config or {})}
+        self._add_model_params(config)
+        self._label_plugins()
         self.config: JobConfig | None = None
         self._param_specs: dict[str, dict[str, dict[str, Any]]] = {}
         for kind in PARAM_KINDS:
@@ -301,6 +374,67 @@ class JobForm(forms.Form):
             if name == "device_tags":
                 value = ", ".join(value or ())
             self.fields[name].initial = value
+
+    def _add_model_params(self, config: Mapping[str, Any]) -> None:
+        """One field per declared parameter of every model; the chosen model's set is shown."""
+        self._model_params: dict[str, tuple[Param, ...]] = {}
+        chosen = config.get("model_params") or {}
+        for name in model_names():
+            params = model_declaration(name).params
+            self._model_params[name] = params
+            for param in params:
+                field = declared_param_field(param)
+                if name == config.get("model") and param.name in chosen:
+                    field.initial = param_text(chosen[param.name])
+                self.fields[model_param_field_name(name, param.name)] = field
+
+    def _label_plugins(self) -> None:
+        """Plug-ins' models and data sets by their declared labels; stored data sets as a select."""
+        model_field = self.fields["model"]
+        dataset_field = self.fields["dataset"]
+        assert isinstance(model_field, forms.ChoiceField) and isinstance(dataset_field, forms.ChoiceField)
+        model_field.choices = [
+            (n, MODEL_LABELS.get(n) or model_declaration(n).label or n) for n in model_names()
+        ]
+        dataset_field.choices = [(n, DATASET_LABELS.get(n) or _dataset_label(n)) for n in dataset_names()]
+        stored = param_field_name("dataset", "uploaded", "dataset_id")
+        if stored in self.fields:
+            from training.models import DataSet  # noqa: PLC0415 - the web layer reads the record
+
+            current = self.fields[stored]
+            self.fields[stored] = forms.TypedChoiceField(
+                label="Stored data set",
+                coerce=int,
+                required=False,
+                initial=current.initial,
+                choices=[(d.pk, f"#{d.pk} {d.name} ({d.format})") for d in DataSet.objects.all()[:500]],
+                help_text="Uploaded on the data sets page; for a phone-resident job, the held-out test set.",
+            )
+
+    def model_param_sets(self) -> list[ParamSet]:
+        return [
+            ParamSet("model", name, [self[model_param_field_name(name, p.name)] for p in params])
+            for name, params in self._model_params.items()
+            if params
+        ]
+
+    def _chosen_model_params(self) -> dict[str, Any]:
+        """The chosen model's parameters parsed by its declaration; only those given (non-empty) are kept,
+        so a job that sets none keeps the model it always had. A problem goes on the model field."""
+        model = self.cleaned_data.get("model") or ""
+        texts = {}
+        for param in self._model_params.get(model, ()):
+            text = self.cleaned_data.get(model_param_field_name(model, param.name))
+            if text not in (None, ""):
+                texts[param.name] = text
+        try:
+            values = validate_model_params(model, texts, from_text=True)
+        except ParamError as exc:
+            self.add_error("model", "; ".join(exc.problems))
+            return {}
+        except ValueError:  # the model itself is unknown: its own field says so
+            return {}
+        return {name: values[name] for name in texts}
 
     # --- layout helpers for the template -------------------------------------------------------------
     def groups(self) -> list[tuple[str, list[forms.BoundField]]]:
@@ -337,6 +471,7 @@ class JobForm(forms.Form):
         data = {name: self.cleaned_data[name] for name in self.base_fields if name in self.cleaned_data}
         for kind in PARAM_KINDS:
             data[f"{kind}_params"] = self._chosen_params(kind, self.cleaned_data.get(kind))
+        data["model_params"] = self._chosen_model_params()
         return data
 
     def clean(self) -> dict[str, Any]:

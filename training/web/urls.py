@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.job_list, name="job-list"),
     path("new/", views.job_create, name="job-create"),
     path("eligible.json", views.eligible_phones, name="eligible-phones"),
+    path("model-size.json", views.model_size_json, name="model-size"),
     path("compare/", views.job_compare, name="job-compare"),
     path("<int:pk>/", views.job_detail, name="job-detail"),
     path("<int:pk>/snapshot.json", views.job_snapshot, name="job-snapshot"),
