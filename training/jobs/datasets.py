@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -66,6 +67,12 @@ def _format_of(original_name: str, options: Mapping[str, Any]) -> str:
     return kind
 
 
+def safe_file_name(original_name: str, suffix: str) -> str:
+    """The uploaded file's base name with only letters, digits, '.', '_' and '-' (never a path)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(original_name).name)[:120].lstrip(".") or "data"
+    return stem if stem.lower().endswith(suffix) else stem + suffix
+
+
 def read_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """read_dataset's keywords from a data set's stored options."""
     out: dict[str, Any] = {}
@@ -113,12 +120,12 @@ def ingest(
     kind = _format_of(original_name, options)
     options["format"] = kind
     datasets_dir().mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(
-        prefix=".incoming-", suffix=SUFFIX_OF_FORMAT[kind], dir=datasets_dir()
-    )
-    temp = Path(temp_name)
+    # The copy keeps the file's own name (in a private temp folder), so every problem names the file
+    # the person uploaded.
+    incoming = Path(tempfile.mkdtemp(prefix=".incoming-", dir=datasets_dir()))
+    temp = incoming / safe_file_name(original_name, SUFFIX_OF_FORMAT[kind])
     try:
-        with os.fdopen(handle, "wb") as target:
+        with temp.open("xb") as target:
             size, sha256 = _copy_bounded(source, target, limit, original_name)
         splits = read_dataset(temp, format=kind, limits=Limits(max_bytes=limit), **read_options(options))
         summary = summarize(splits)
@@ -137,7 +144,7 @@ def ingest(
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp, final)
     finally:
-        temp.unlink(missing_ok=True)
+        shutil.rmtree(incoming, ignore_errors=True)
     return dataset
 
 

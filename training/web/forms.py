@@ -80,6 +80,7 @@ DATASET_LABELS = {
     "digits": "Digits (8×8, scikit-learn)",
     "synthetic": "Synthetic(α, β) (FedProx)",
     "recsys": "Recsys click logs (CTR, for submodel jobs)",
+    "uploaded": "A stored data set (uploaded or imported)",
 }
 MODEL_LABELS = {
     "logreg": "Logistic regression",
@@ -356,7 +357,6 @@ class JobForm(forms.Form):
         super().__init__(*args, **kwargs)
         config = {**DEFAULTS.to_dict(), **(initial_config or {})}
         self._add_model_params(config)
-        self._label_plugins()
         self.config: JobConfig | None = None
         self._param_specs: dict[str, dict[str, dict[str, Any]]] = {}
         for kind in PARAM_KINDS:
@@ -369,6 +369,7 @@ class JobForm(forms.Form):
                     if choice == config.get(kind) and param in chosen:
                         field.initial = chosen[param]
                     self.fields[param_field_name(kind, choice, param)] = field
+        self._label_plugins()
         for name in self.base_fields:
             value = config.get(name)
             if name == "device_tags":
@@ -410,6 +411,21 @@ class JobForm(forms.Form):
                 choices=[(d.pk, f"#{d.pk} {d.name} ({d.format})") for d in DataSet.objects.all()[:500]],
                 help_text="Uploaded on the data sets page; for a phone-resident job, the held-out test set.",
             )
+
+    def initial_params(self, kind: str, choice: str) -> dict[str, Any]:
+        """The parameters the unbound form starts with for `choice` (what the page's size line shows)."""
+        if kind == "model":
+            texts = {
+                p.name: self.fields[model_param_field_name(choice, p.name)].initial
+                for p in self._model_params.get(choice, ())
+            }
+            try:
+                return validate_model_params(choice, texts, from_text=True)
+            except ValueError:
+                return {}
+        specs = self._param_specs[kind].get(choice, {})
+        values = {p: self.fields[param_field_name(kind, choice, p)].initial for p in specs}
+        return {p: v for p, v in values.items() if v not in (None, "")}
 
     def model_param_sets(self) -> list[ParamSet]:
         return [

@@ -175,7 +175,10 @@ def form_model_size(form: JobForm) -> dict[str, Any]:
     """The size shown when the page loads: of the posted config, else of the form's initial choices."""
     if form.config is not None:
         return model_size(form.config.to_dict())
-    return model_size({name: form.fields[name].initial for name in ("model", "dataset", "data_seed")})
+    data = {name: form.fields[name].initial for name in ("model", "dataset", "data_seed")}
+    data["dataset_params"] = form.initial_params("dataset", data["dataset"])
+    data["model_params"] = form.initial_params("model", data["model"])
+    return model_size(data)
 
 
 @json_endpoint
