@@ -139,9 +139,27 @@ def round_state(job_id: int, round_no: int) -> ServerState:
     return _STATES[key]
 
 
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Small per-client models gain nothing from intra-op threads, and on a loaded machine the thread pool's
+    hand-offs cost more than the work (100 one-step MLP clients: 0.22 s on one thread, 0.48 s on two);
+    batches run in parallel as processes of the training worker instead."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_clients(job: Job, rnd: Round, indices: Sequence[int], scratch: Path) -> list[Trained]:
     """Each client's local training, as the agent runs it on a phone (training.fl.client.client_train),
     with the config the lab's configure.write_payload would write for it."""
+    with one_torch_thread():
+        return _train_clients(job, rnd, indices, scratch)
+
+
+def _train_clients(job: Job, rnd: Round, indices: Sequence[int], scratch: Path) -> list[Trained]:
     config = job_config(job)
     state = round_state(job.pk, rnd.number - 1)
     strategy = job_strategy(job, config)
