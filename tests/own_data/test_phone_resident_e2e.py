@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devices.models import Device
 from tests.conftest import ManagedProcess, VirtualLab, make_user
 from tests.training.test_engine_integration import register, wait_for_job
 from training.engine.phone_data import write_seed_files
@@ -99,6 +100,9 @@ def test_phones_without_usable_data_fail_with_the_reason_and_counts_stay_withhel
     (tmp_path / "seed" / "phone-0002" / "data").mkdir(parents=True)
     (tmp_path / "seed" / "phone-0002" / "data" / "train.csv").write_text("f0,label\nnan,1\n0.5,0\n")
     devices = register(virtual_phones(4, seed=172, extra=["--seed-data", str(tmp_path / "seed")]), "bare")
+    # Two of them run the resident agent (agent serve over ADB's tcp: stream): its runtime skips the shard
+    # too, and serve reads the phone's own file.
+    Device.objects.filter(name__in=["bare-1", "bare-3"]).update(runtime="resident")
     owner = make_user("owner-bare", None)
     config = parse_job_config(
         {
@@ -127,4 +131,6 @@ def test_phones_without_usable_data_fail_with_the_reason_and_counts_stay_withhel
         assert p.num_samples == 1 and p.label_counts == [] and "withheld" in p.data_source
     reported = ClientResult.objects.filter(job=finished, state=ClientState.REPORTED)
     assert reported.count() == 4 and all("steps" not in r.metrics for r in reported)
+    assert {r.device.name for r in reported} == {"bare-0", "bare-1"}
+    assert all(r.bytes_down == int(r.metrics["payload_bytes_down"]) for r in reported if r.round.number == 2)
     assert np.isfinite(finished.last_accuracy or float("nan"))
