@@ -122,9 +122,11 @@ def test_each_runtime_trains_a_three_round_job(
     if runtime == "app":
         slow = next(d for d in devices if d.name.endswith("-6"))
         slow_results = job.client_results.filter(device=slow)
-        # Selected every round (three phones for a goal of two), never waited for: cancelled each time.
-        assert slow_results.count() == 3
-        assert not slow_results.filter(state=ClientState.REPORTED).exists()
+        # Selected (three phones for a goal of two) and never waited for: cancelled when its round closed.
+        # Not necessarily every round: a next round that starts before the cancelled run has ended skips
+        # the phone (one run per phone), which on a loaded machine happens.
+        assert slow_results.exists()
+        assert set(slow_results.values_list("state", flat=True)) <= {ClientState.LATE, ClientState.FAILED}
         for device in devices:  # every app agent runs the platform's build now, and none is still busy
             with adb.connect(adb.Target("tcp", device.address)) as conn, open_agent(conn, device) as client:
                 assert client.hello_info is not None and client.hello_info.sha256 == agent_build().sha256
