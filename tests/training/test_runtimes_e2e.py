@@ -14,7 +14,7 @@ import pytest
 
 from devices import adb
 from devices import tasks as device_tasks
-from devices.models import Device, DeviceStatus
+from devices.models import AvailabilityInterval, Device, DeviceStatus
 from devices.services import register_or_update_device
 from tests.conftest import ManagedProcess, VirtualLab, make_user, wait_until
 from tests.training.test_engine_integration import committed_numbers, launch, wait_for_job
@@ -127,6 +127,21 @@ def test_each_runtime_trains_a_three_round_job(
         # the phone (one run per phone), which on a loaded machine happens.
         assert slow_results.exists()
         assert set(slow_results.values_list("state", flat=True)) <= {ClientState.LATE, ClientState.FAILED}
+        # Cancelled on its phone when the round closed: released within moments, not when its 400x-slowed
+        # training would have ended (tens of seconds).
+        last = slow_results.order_by("-round__number").first()
+        assert last is not None and last.round.closed_at is not None
+        released = (
+            AvailabilityInterval.objects.filter(
+                device=slow, status=DeviceStatus.ONLINE, started_at__gte=last.round.closed_at
+            )
+            .order_by("started_at")
+            .first()
+        )
+        assert released is not None, "the slow phone was never released"
+        held_s = (released.started_at - last.round.closed_at).total_seconds()
+        print(f"slow phone released {held_s:.2f} s after its round closed")
+        assert held_s < 2.0, f"the slow phone was held {held_s:.2f} s after its round closed"
         for device in devices:  # every app agent runs the platform's build now, and none is still busy
             with adb.connect(adb.Target("tcp", device.address)) as conn, open_agent(conn, device) as client:
                 assert client.hello_info is not None and client.hello_info.sha256 == agent_build().sha256
