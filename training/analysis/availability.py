@@ -30,6 +30,7 @@ not the data mix), so it counts as "reporters".
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ from training.fl import availability as core
 
 # The heatmap and its snapshot stay small: older rounds are left out of the figure (never of the numbers).
 MAX_HEATMAP_ROUNDS = 200
+# ... and a job with more clients than this (a simulation's thousands) is drawn by groups of consecutive
+# clients (client index order, the virtual lab's group rule), in the heatmap and the participation chart.
+MAX_HEATMAP_ROWS = 50
+# A group's cell: the furthest any of its clients got that round (someone reported > ... > all offline).
+GROUP_PRECEDENCE = (
+    "reported", "late", "failed", "rejected", "selected", "not_leased", "idle", "busy", "ineligible",
+    "excluded", "offline",
+)  # fmt: skip
 DEVICE_PANEL_JOBS = 10
 LATEST_BASIS_ALGORITHMS = frozenset({"fedlaavg"})
 
@@ -108,6 +117,7 @@ class AvailabilityReport:
     bias: list[core.RoundBias]  # committed rounds
     bias_basis: str  # "reporters" or "latest"
     hidden_rounds: int  # rounds left out of the heatmap
+    group_size: int = 1  # clients per heatmap/participation row (1: one row per phone)
 
     def summary(self) -> dict[str, Any]:
         """A few numbers for the dashboard's text and for benchmarks."""
@@ -120,6 +130,10 @@ class AvailabilityReport:
             "last_tv": tvs[-1] if tvs else None,
             "final_cumulative_tv": self.bias[-1].cumulative_tv if self.bias else None,
             "hidden_rounds": self.hidden_rounds,
+            "group_size": self.group_size,
+            "clients": sum(1 for _ in self.phones) * self.group_size
+            if self.group_size > 1
+            else len(self.phones),
         }
 
 
@@ -184,6 +198,7 @@ def build_report(
     *,
     algorithm: str,
     max_rounds: int = MAX_HEATMAP_ROUNDS,
+    max_rows: int = MAX_HEATMAP_ROWS,
 ) -> AvailabilityReport:
     """Heatmap grid, participation and bias of one job from its recorded rounds (pure)."""
     display = display_states(records)
@@ -205,7 +220,7 @@ def build_report(
             bias = core.availability_bias(committed_states, histograms)
         except ValueError:
             bias = []  # a reporter without label counts (a job prepared before they were recorded)
-    return AvailabilityReport(
+    report = AvailabilityReport(
         phones=list(phones),
         rounds=rounds,
         cells=cells,
@@ -214,24 +229,68 @@ def build_report(
         bias_basis=basis,
         hidden_rounds=len(all_rounds) - len(rounds),
     )
+    return grouped(report, max_rows) if len(phones) > max_rows else report
+
+
+def group_cell(states: Iterable[str | None]) -> str | None:
+    present = {s for s in states if s is not None}
+    return next((s for s in GROUP_PRECEDENCE if s in present), None)
+
+
+def grouped(report: AvailabilityReport, max_rows: int = MAX_HEATMAP_ROWS) -> AvailabilityReport:
+    """The report with its rows merged into at most `max_rows` groups of consecutive clients: a cell is the
+    furthest state any client of the group reached (group_cell); participation counts are summed. The bias
+    figures are the job's, computed before grouping."""
+    size = -(-len(report.phones) // max_rows)
+    phones, cells, participation = [], [], []
+    for start in range(0, len(report.phones), size):
+        members = report.phones[start : start + size]
+        rows = report.participation[start : start + size]
+        label = f"clients {start}–{start + len(members) - 1}"
+        phones.append(
+            PhoneInfo(
+                client_id=f"group-{start}",
+                label=label,
+                num_samples=sum(p.num_samples for p in members),
+                label_counts=[sum(c) for c in zip(*(p.label_counts for p in members), strict=False)],
+            )
+        )
+        cells.append([group_cell(column) for column in zip(*report.cells[start : start + size], strict=True)])
+        participation.append(
+            core.ParticipationRow(
+                client_id=f"group-{start}",
+                rounds_online=sum(r.rounds_online for r in rows),
+                times_selected=sum(r.times_selected for r in rows),
+                times_reported=sum(r.times_reported for r in rows),
+                participation_share=sum(r.participation_share for r in rows),
+                data_share=sum(r.data_share for r in rows),
+            )
+        )
+    return dataclasses.replace(
+        report, phones=phones, cells=cells, participation=participation, group_size=size
+    )
 
 
 # --- Django: load the records ---------------------------------------------------------------------------
 def job_records(job: Any) -> list[RoundRecord]:
     """Every round attempt of a job with its availability snapshot and its phones' outcomes."""
-    from training.models import ClientResult, Round  # noqa: PLC0415 - keep the pure part importable alone
+    from training.jobs.simulation_config import decode_availability  # noqa: PLC0415
+    from training.models import ClientResult, Round, sim_client_id  # noqa: PLC0415 - the pure part stays alone
 
     results: dict[int, dict[str, str]] = {}
-    for round_id, device_id, state in ClientResult.objects.filter(job=job).values_list(
-        "round_id", "device_id", "state"
+    for round_id, device_id, index, state in ClientResult.objects.filter(job=job).values_list(
+        "round_id", "device_id", "client_index", "state"
     ):
-        results.setdefault(round_id, {})[str(device_id)] = state
+        cid = str(device_id) if device_id is not None else sim_client_id(index or 0)
+        results.setdefault(round_id, {})[cid] = state
     return [
         RoundRecord(
             number=number,
             attempt=attempt,
             status=status,
-            at_selection={str(k): str(v) for k, v in (availability or {}).items()},
+            # A simulated round records everyone's state as one compact string (engine/simulation.py).
+            at_selection=decode_availability(availability or {})
+            or {str(k): str(v) for k, v in (availability or {}).items()},
             results=results.get(pk, {}),
         )
         for pk, number, attempt, status, availability in Round.objects.filter(job=job)
@@ -243,8 +302,8 @@ def job_records(job: Any) -> list[RoundRecord]:
 def job_phones(job: Any) -> list[PhoneInfo]:
     return [
         PhoneInfo(
-            client_id=str(p.device_id),
-            label=p.device.name,
+            client_id=p.client_id,
+            label=p.display_name,
             num_samples=p.num_samples,
             label_counts=[int(c) for c in (p.label_counts or [])],
         )

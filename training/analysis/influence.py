@@ -363,6 +363,8 @@ def _note_settings(job: Job, context: JobAnalysisContext) -> None:
 
 def should_analyse(job_config: dict[str, Any]) -> bool:
     """Cheap check for the round_committed receiver (no data loaded): may this job need analysis?"""
+    if job_config.get("backend") == "simulation":  # not built yet for simulated clients (see README)
+        return False
     influence = (
         job_config.get("influence", "auto") != "off" and job_config.get("algorithm") in INFLUENCE_ALGORITHMS
     )

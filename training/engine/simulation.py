@@ -43,7 +43,7 @@ from training.fl.strategy import ClientInfo, ServerState, Strategy
 from training.jobs import dispatch, services, storage
 from training.jobs.config import JobConfig
 from training.jobs.events import send_job_event
-from training.jobs.simulation_config import sim_param
+from training.jobs.simulation_config import COMPACT, sim_param
 from training.models import (
     ClientResult,
     ClientState,
@@ -57,10 +57,6 @@ from training.models import (
 
 log = logging.getLogger(__name__)
 
-# Round.availability of a simulated round: {"encoding": COMPACT, "states": one character per client}.
-COMPACT = "compact-v1"
-AVAILABILITY_CODES = {"offline": "o", "idle": "i", "selected": "s", "excluded": "x"}
-CODE_STATES = {code: state for state, code in AVAILABILITY_CODES.items()}
 # A round whose slot of simulated time has too few clients online moves to the next slot (a new attempt);
 # after this many empty slots in a row the job pauses (the availability model leaves too few online).
 MAX_EMPTY_SLOTS = 100
@@ -177,15 +173,6 @@ def select_clients(
     return SimSelection(
         chosen=chosen, eligible=len(infos), availability={"encoding": COMPACT, "states": "".join(codes)}
     )
-
-
-def decode_availability(record: dict[str, Any]) -> dict[str, str] | None:
-    """A compact simulated record as {client id: state}; None when the record is a lab one."""
-    if record.get("encoding") != COMPACT:
-        return None
-    return {
-        sim_client_id(i): CODE_STATES.get(c, "offline") for i, c in enumerate(str(record.get("states", "")))
-    }
 
 
 # ------------------------------------------------------------------------------------------- a round

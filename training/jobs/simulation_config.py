@@ -137,6 +137,13 @@ def check(config: Any, errors: dict[str, str]) -> None:
     _check_params(config, errors)
     if config.sim_availability == "trace" and not config.sim_trace.strip():
         errors["sim_trace"] = "the trace availability model needs a trace ('<seconds> on|off' lines)"
+    if config.influence == "on" or config.auto_exclude or config.backdoor_test:
+        errors["influence"] = (
+            "influence analysis, automatic exclusion and the backdoor test do not analyse simulated clients "
+            "yet: run them on the lab, or set influence off"
+        )
+    if config.algorithm in ("fedsubavg", "fedavg_full"):
+        errors["algorithm"] = "submodel jobs (index requests) run on the lab only"
     if config.device_tags or config.max_phones or config.min_battery or config.require_charging:
         errors["device_tags"] = (
             "phone constraints (tags, max phones, battery, charging) apply to the lab only"
@@ -182,3 +189,25 @@ def _check_params(config: Any, errors: dict[str, str]) -> None:
             return
     if config.sim_availability == "alternating" and sim_param(params, "groups") > config.sim_clients:
         errors["sim_params"] = f"{sim_param(params, 'groups')} groups need at least as many clients"
+
+
+# --- the record: Round.availability of a simulated round -------------------------------------------------
+# {"encoding": COMPACT, "states": one character per client, in client index order} instead of a dict of
+# N entries (engine/simulation.py writes it, analysis/availability.py reads it).
+COMPACT = "compact-v1"
+AVAILABILITY_CODES = {"offline": "o", "idle": "i", "selected": "s", "excluded": "x"}
+CODE_STATES = {code: state for state, code in AVAILABILITY_CODES.items()}
+
+
+def sim_client_id(index: int) -> str:
+    """A simulated client's id (training.models.sim_client_id, repeated here to keep this module model-free)."""
+    return f"s{index:05d}"
+
+
+def decode_availability(record: dict[str, Any]) -> dict[str, str] | None:
+    """A compact simulated record as {client id: state}; None when the record is a lab one."""
+    if record.get("encoding") != COMPACT:
+        return None
+    return {
+        sim_client_id(i): CODE_STATES.get(c, "offline") for i, c in enumerate(str(record.get("states", "")))
+    }

@@ -52,7 +52,7 @@ def ranking(job: Job, rows: list[dict[str, Any]], exact: AnalysisRun | None) -> 
         out.append(
             {
                 "device": p.device_id,
-                "label": p.device.name,
+                "label": p.display_name,
                 "tracked": bool(row),
                 "loss": row.get("loss"),
                 "loss_first_order": row.get("loss_first_order"),

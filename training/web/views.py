@@ -272,7 +272,12 @@ def snapshot_with_figures(job: Job) -> dict[str, Any]:
     snapshot = services.job_snapshot(job)
     snapshot["figures"] = charts.dashboard_figures(snapshot["rounds"], headline=job.headline_metric)
     add_availability(snapshot, job)
-    if submodel_report.privacy_info(job) is None:
+    if job.config.get("backend") == "simulation":  # influence of simulated clients: not built yet
+        snapshot["influence"] = {
+            **submodel_report.NO_INFLUENCE,
+            "reason": "client influence is not estimated for simulated clients yet (run the lab twin)",
+        }
+    elif submodel_report.privacy_info(job) is None:
         add_influence(snapshot, job)
     else:  # client influence models small dense models' FedAvg deltas; it does not analyse submodel jobs
         snapshot["influence"] = dict(submodel_report.NO_INFLUENCE)
