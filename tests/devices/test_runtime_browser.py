@@ -105,7 +105,9 @@ def test_runtimes_and_agent_reasons_on_the_fleet_page_and_the_dashboard(
     detail = context.new_page()
     detail.set_default_timeout(TIMEOUT_MS)
     detail.goto(f"/devices/{lab_rows['app'].pk}/")
-    expect(detail.locator("[data-testid=app-command]")).to_contain_text("--secret-file ~/.fedfleet-agent-secret")
+    expect(detail.locator("[data-testid=app-command]")).to_contain_text(
+        "--secret-file ~/.fedfleet-agent-secret"
+    )
     expect(detail.locator("[data-testid=runtime]")).to_have_text("app")
     save_screenshot(detail, "device-app-runtime.png")
     context.close()
