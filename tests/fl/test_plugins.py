@@ -291,7 +291,8 @@ def test_the_example_plugin_is_installed_beside_the_built_ins():
     assert nets.plugin_models().problems == ()
     assert datasets.plugin_datasets().problems == ()
     assert nets.model_names() == ["cnn", "ctr", "logreg", "mlp", "residual_mlp"]
-    assert datasets.dataset_names() == ["digits", "recsys", "synthetic", "blobs"]
+    # "uploaded" (stored data sets) is registered by the training app when Django starts, as here.
+    assert datasets.dataset_names() == ["digits", "recsys", "synthetic", "uploaded", "blobs"]
     declaration = nets.model_declaration("residual_mlp")
     assert declaration.origin == "fedfleet-example 0.1.0"
     assert declaration.to_json()["params"][0] == {
@@ -342,7 +343,7 @@ def test_a_plugin_loader_shows_its_parameters_in_its_signature():
     signature = inspect.signature(datasets.DATASET_LOADERS["blobs"])
     defaults = {p.name: p.default for p in signature.parameters.values()}
     assert defaults == {"seed": 0, **datasets.dataset_declaration("blobs").defaults()}
-    assert list(datasets.DATASET_LOADERS) == ["digits", "synthetic", "recsys", "blobs"]
+    assert list(datasets.DATASET_LOADERS) == ["digits", "synthetic", "recsys", "uploaded", "blobs"]
     with pytest.raises(KeyError):
         datasets.DATASET_LOADERS["nope"]
 
