@@ -25,6 +25,7 @@ from training.fl.nets import model_declaration, model_names, validate_model_para
 from training.fl.plugins import Param, ParamError
 from training.fl.registry import STRATEGIES
 from training.fl.robust import AGGREGATORS
+from training.jobs import simulation_config
 from training.jobs.config import (
     DEFAULTS,
     INFLUENCE_MODES,
@@ -113,6 +114,7 @@ FIELD_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Rounds", ("rounds", "clients_per_round", "min_clients", "over_selection", "round_deadline_s")),
     ("Local training", ("local_epochs", "batch_size", "lr", "seed")),
     ("Phones", ("max_phones", "min_battery", "require_charging", "device_tags")),
+    ("Where it runs", ("backend", "sim_clients", "sim_availability", "sim_trace", "sim_params")),
     (
         "Client influence and attacks",
         (
@@ -351,6 +353,32 @@ class JobForm(forms.Form):
         required=False,
         label="Phones may report sample counts and label histograms",
         help_text="Otherwise every update weighs the same and nothing about a phone's data is told.",
+    )
+
+    # The backend (jobs/simulation_config.py): the lab's phones, or N simulated clients in the same engine.
+    backend = forms.ChoiceField(
+        choices=list(simulation_config.BACKENDS.items()),
+        help_text="Simulation runs the same job on simulated clients (in batches on the training workers).",
+    )
+    sim_clients = forms.IntegerField(
+        required=False, label="Simulated clients", help_text="Simulation only: 1 to 10,000 clients."
+    )
+    sim_availability = forms.ChoiceField(
+        choices=list(simulation_config.AVAILABILITY_KINDS.items()),
+        label="Client availability",
+        help_text="The virtual lab's models and seeds (sim_params lab_seed = the lab's --seed).",
+    )
+    sim_trace = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        label="Availability trace",
+        help_text="For the trace model: '<seconds> on|off' lines, as a virtual lab trace file.",
+    )
+    sim_params = forms.JSONField(
+        required=False,
+        label="Simulation parameters",
+        help_text='JSON, e.g. {"period_rounds": 50, "groups": 2, "speed_min": 1, "speed_max": 3, '
+        '"dropout_p": 0.05} (README: simulation parameters).',
     )
 
     def __init__(self, *args: Any, initial_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
