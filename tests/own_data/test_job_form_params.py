@@ -73,3 +73,26 @@ def test_a_phone_resident_job_from_the_form(operator_client: Any) -> None:
     )
     refused = operator_client.post("/jobs/new/", form_data(data_on_phone="on", phone_data_dir="../etc"))
     assert "a folder inside the phone" in refused.content.decode()
+
+
+def test_the_api_and_run_job_use_the_same_checks(operator_client: Any, tmp_path: Any) -> None:
+    import json  # noqa: PLC0415
+
+    from django.core.management import CommandError, call_command  # noqa: PLC0415
+
+    bad = {"name": "api", "model": "cnn", "model_params": {"channels": [4, 0]}}
+    response = operator_client.post("/api/jobs/", bad, content_type="application/json")
+    assert response.status_code == 400
+    assert "channels every item must be >= 1, got 0" in response.json()["model_params"][0]
+    good = {"name": "api", "model": "residual_mlp", "model_params": {"width": 12, "blocks": 1}}
+    created = operator_client.post("/api/jobs/", good, content_type="application/json")
+    assert created.status_code == 201 and Job.objects.get().config["model_params"] == {
+        "width": 12,
+        "blocks": 1,
+    }
+
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(CommandError) as caught:
+        call_command("run_job", config=str(path))
+    assert caught.value.returncode == 2 and "channels every item must be >= 1" in str(caught.value)
