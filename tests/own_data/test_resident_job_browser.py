@@ -69,7 +69,9 @@ def test_the_job_page_says_which_data_each_phone_used(
     context, page = logged_in_page(
         browser, daphne_server, path, "resident-op", "resident-pass-1", timeout_ms=60_000
     )
-    expect(page.locator("#job-data")).to_contain_text("on the phones (data/ in each work dir; no shard sent; counts reported)")
+    expect(page.locator("#job-data")).to_contain_text(
+        "on the phones (data/ in each work dir; no shard sent; counts reported)"
+    )
     expect(page.locator("#onnx-download")).to_be_visible()
     expect(page.locator("#onnx-check")).to_contain_text("predictions agree 100%")
     page.click("#participants-box summary")
