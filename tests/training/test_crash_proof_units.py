@@ -217,9 +217,11 @@ def test_an_update_whose_sample_count_differs_from_the_shard_is_rejected(
     tmp_path: Path,
     samples: Any,
     reason: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rnd = make_round(make_job(operator), 1, status=RoundStatus.TRAINING)
     result = add_client(rnd, make_device("boaster"), ClientState.PULLING)
+    monkeypatch.setattr(client.uploads, "upload_errors", lambda *a: [])  # the tensors are fine here
     client._accept(result, 70, _round_files(tmp_path, samples), limit=10**6, pull_s=0.1)
     result.refresh_from_db()
     assert result.state == ClientState.REJECTED

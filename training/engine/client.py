@@ -451,16 +451,16 @@ def _accept(
         loss = _number(report.get("loss"))
         if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
             raise ValueError(f"result.json reports {samples!r} samples")
+        tensors = load_tensors(local_dir / "update.safetensors", max_bytes=limit)
+        errors = uploads.upload_errors(result.round, str(result.device_id), tensors, shard_samples)
+        if errors:
+            raise InvalidUpdate("; ".join(errors))
         # The weight of an update is the server's own record of the shard it sent (a phone claiming
         # more would outweigh every other phone in the average); a claim that differs is refused.
         if samples != shard_samples:
             raise ValueError(
                 f"result.json claims {samples} samples, but this phone's shard holds {shard_samples}"
             )
-        tensors = load_tensors(local_dir / "update.safetensors", max_bytes=limit)
-        errors = uploads.upload_errors(result.round, str(result.device_id), tensors, samples)
-        if errors:
-            raise InvalidUpdate("; ".join(errors))
     except (InvalidUpdate, ValueError, TypeError, OSError) as exc:  # PhoneJsonError is a ValueError
         _finish(result, ClientState.REJECTED, f"update rejected: {exc}", pull_s=pull_s, bytes_up=up)
         return
