@@ -111,3 +111,20 @@ def test_the_same_phones_misbehave(tmp_path: Path) -> None:
     lab_bad = {i: p.behaviour for i, p in enumerate(lab.profiles()) if p.behaviour != "honest"}
     simulated = population("always", misbehave=3, behaviour="label_flip")
     assert simulated.behaviours == lab_bad and len(lab_bad) == 3
+
+
+def test_group_by_label_puts_the_clients_of_some_classes_online_together() -> None:
+    config = parse_job_config(
+        {
+            "backend": "simulation",
+            "sim_clients": 4,
+            "clients_per_round": 1,
+            "sim_availability": "alternating",
+            "sim_params": {"group_by_label": 1, "groups": 2, "period_s": 100},
+        }
+    )
+    # clients hold classes 9, 0, 7, 2: classes 0-4 are group 0, 5-9 group 1
+    counts = [[0] * 9 + [3], [3] + [0] * 9, [0] * 7 + [3, 0, 0], [0, 0, 3] + [0] * 7]
+    simulated = SimulatedPopulation(config, counts)
+    assert simulated.online(0.0) == [False, True, False, True]
+    assert simulated.online(150.0) == [True, False, True, False]

@@ -12,6 +12,7 @@ speed, each drawn uniformly in its sim_params range from (lab_seed, i).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -73,8 +74,9 @@ def availability_profile(config: JobConfig, index: int) -> AvailabilityProfile:
     return availability_for(scenario_of(config), index, config.sim_clients)
 
 
-def availability_models(config: JobConfig) -> list[AvailabilityModel]:
-    """Every client's availability model, as the lab's phone `index` builds its own."""
+def availability_models(config: JobConfig, groups: list[int] | None = None) -> list[AvailabilityModel]:
+    """Every client's availability model, as the lab's phone `index` builds its own. `groups` overrides the
+    alternating scenario's group of each client (group_by_label: by its main class)."""
     lab_seed = sim_param(config.sim_params, "lab_seed")
     if config.sim_availability == "trace":
         events = parse_trace_text(config.sim_trace)
@@ -82,10 +84,20 @@ def availability_models(config: JobConfig) -> list[AvailabilityModel]:
         offset = sim_param(config.sim_params, "trace_offset_s")
         trace = Trace(events, loop_s)
         return [ShiftedTrace(trace, i * offset) for i in range(config.sim_clients)]
-    return [
-        build_availability(availability_profile(config, i), phone_seed(lab_seed, i))
-        for i in range(config.sim_clients)
-    ]
+    profiles = [availability_profile(config, i) for i in range(config.sim_clients)]
+    if groups is not None and config.sim_availability == "alternating":
+        profiles = [dataclasses.replace(p, group=g) for p, g in zip(profiles, groups, strict=True)]
+    return [build_availability(p, phone_seed(lab_seed, i)) for i, p in enumerate(profiles)]
+
+
+def label_groups(label_counts: list[list[int]], groups: int) -> list[int]:
+    """Each client's group by its main class: class c of C goes to group floor(c·G/C) (FedLaAvg's
+    experiment: the clients of some classes are online together)."""
+    out = []
+    for counts in label_counts:
+        main = max(range(len(counts)), key=lambda c: counts[c]) if counts else 0
+        out.append(main * groups // max(len(counts), 1))
+    return out
 
 
 def profiles(config: JobConfig) -> list[ClientProfile]:
@@ -124,9 +136,12 @@ class SimulatedPopulation:
     """One job's clients: availability models (stateful, lazily extended: kept per process), profiles and
     behaviours. Built once per worker process per job (`population`)."""
 
-    def __init__(self, config: JobConfig) -> None:
+    def __init__(self, config: JobConfig, label_counts: list[list[int]] | None = None) -> None:
         self.config = config
-        self.models = availability_models(config)
+        groups = None
+        if label_counts is not None and sim_param(config.sim_params, "group_by_label"):
+            groups = label_groups(label_counts, sim_param(config.sim_params, "groups"))
+        self.models = availability_models(config, groups)
         self.profiles = profiles(config)
         self.behaviours = misbehaving(config)
 
@@ -153,7 +168,13 @@ def population(job_id: int, config: JobConfig) -> SimulatedPopulation:
     if key not in _POPULATIONS:
         if len(_POPULATIONS) > 8:  # a worker process serves few jobs at once; forget the old ones
             _POPULATIONS.clear()
-        _POPULATIONS[key] = SimulatedPopulation(config)
+        counts = None
+        if sim_param(config.sim_params, "group_by_label"):
+            from training.models import Participant  # noqa: PLC0415
+
+            rows = Participant.objects.filter(job_id=job_id).order_by("client_index")
+            counts = [list(c) for c in rows.values_list("label_counts", flat=True)]
+        _POPULATIONS[key] = SimulatedPopulation(config, counts)
     return _POPULATIONS[key]
 
 

@@ -55,8 +55,14 @@ SIM_PARAM_DEFAULTS: dict[str, tuple[float, float, float, str]] = {
     "dropout_p": (0.0, 0.0, 1.0, "per selected client and round: drops out before reporting"),
     "misbehave": (0, 0, MAX_SIM_CLIENTS, "how many clients misbehave (chosen as the lab chooses phones)"),
     "batch_clients": (100, 1, MAX_SIM_CLIENTS, "clients trained per train_batch task"),
+    "group_by_label": (
+        0,
+        0,
+        1,
+        "alternating: 1 = a client's group follows its main class (FedLaAvg's setup)",
+    ),
 }
-INTEGER_PARAMS = frozenset({"groups", "lab_seed", "misbehave", "batch_clients"})
+INTEGER_PARAMS = frozenset({"groups", "lab_seed", "misbehave", "batch_clients", "group_by_label"})
 TEXT_PARAMS = {"behaviour": "label_flip"}  # what misbehaving clients do (training/fl/misbehaviour.py)
 
 
