@@ -134,3 +134,9 @@ def test_phones_without_usable_data_fail_with_the_reason_and_counts_stay_withhel
     assert {r.device.name for r in reported} == {"bare-0", "bare-1"}
     assert all(r.bytes_down == int(r.metrics["payload_bytes_down"]) for r in reported if r.round.number == 2)
     assert np.isfinite(finished.last_accuracy or float("nan"))
+    # The dashboard's snapshot (figures, availability against data shares) copes with unknown counts.
+    from training.web.views import snapshot_with_figures  # noqa: PLC0415
+
+    snapshot = snapshot_with_figures(finished)
+    assert all(p["samples_known"] is False for p in snapshot["participants"])
+    assert snapshot["onnx"] is None or "url" in snapshot["onnx"]
