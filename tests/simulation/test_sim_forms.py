@@ -54,3 +54,30 @@ def test_the_api_takes_the_backend(operator: Any, queued_starts: list) -> None:
     body["sim_clients"] = 50
     assert client.post("/api/jobs/", body, content_type="application/json").status_code == 201
     assert Job.objects.get().config["sim_clients"] == 50
+
+
+def test_run_in_simulation_launches_the_twin_and_opens_the_compare_page(
+    operator: Any, queued_starts: list
+) -> None:
+    from training.jobs.config import parse_job_config  # noqa: PLC0415
+    from training.jobs.services import create_job  # noqa: PLC0415
+
+    client = logged_in(operator)
+    lab = create_job(
+        operator, parse_job_config({"name": "lab job", "device_tags": ["lab-a"], "clients_per_round": 5})
+    )
+    page = client.get(reverse("training:job-detail", args=[lab.pk]))
+    assert b"Run in simulation" in page.content
+    response = client.post(reverse("training:job-twin", args=[lab.pk]))
+    twin = Job.objects.exclude(pk=lab.pk).get()
+    assert response.status_code == 302 and response["Location"].endswith(f"?ids={lab.pk},{twin.pk}")
+    assert twin.config["backend"] == "simulation" and twin.config["sim_clients"] == 5
+    assert twin.config["name"] == "lab job (simulation twin)" and twin.config["device_tags"] == []
+    assert {k: v for k, v in twin.config.items() if k in ("lr", "rounds", "seed", "algorithm")} == {
+        k: v for k, v in lab.config.items() if k in ("lr", "rounds", "seed", "algorithm")
+    }
+    # ... and back: the simulation's lab twin.
+    assert b"Run on the lab" in client.get(reverse("training:job-detail", args=[twin.pk])).content
+    client.post(reverse("training:job-twin", args=[twin.pk]))
+    back = Job.objects.order_by("-pk").first()
+    assert back is not None and back.config["backend"] == "lab" and back.config["sim_clients"] == 0

@@ -217,3 +217,29 @@ def decode_availability(record: dict[str, Any]) -> dict[str, str] | None:
     return {
         sim_client_id(i): CODE_STATES.get(c, "offline") for i, c in enumerate(str(record.get("states", "")))
     }
+
+
+# --- twins: the same job on the other backend ---------------------------------------------------------------
+LAB_ONLY = ("device_tags", "max_phones", "min_battery", "require_charging")
+SIM_ONLY = ("sim_clients", "sim_availability", "sim_trace", "sim_params")
+NOT_SIMULATED = {"influence": "off", "auto_exclude": False, "backdoor_test": False}
+
+
+def twin_config(config: Mapping[str, Any], *, lab_clients: int) -> dict[str, Any]:
+    """A job's config on the other backend, the rest unchanged: a lab job's simulation twin has as many
+    clients as the lab job had phones (`lab_clients`); a simulation's lab twin drops the simulation fields.
+    What simulations do not analyse yet (influence, exclusion, backdoor test) is off in a simulation twin."""
+    data = dict(config)
+    if data.get("backend", "lab") == "simulation":
+        for name in SIM_ONLY:
+            data.pop(name, None)
+        data["backend"] = "lab"
+        data["name"] = f"{config.get('name', 'job')} (lab twin)"[:120]
+    else:
+        for name in LAB_ONLY:
+            data.pop(name, None)
+        data.update(NOT_SIMULATED)
+        data["backend"] = "simulation"
+        data["sim_clients"] = max(lab_clients, int(config.get("clients_per_round", 1)))
+        data["name"] = f"{config.get('name', 'job')} (simulation twin)"[:120]
+    return data

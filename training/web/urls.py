@@ -28,6 +28,7 @@ urlpatterns = [
         name="participant-include",
     ),
     path("<int:pk>/exact-loo/", views.run_exact_loo, name="job-loo"),
+    path("<int:pk>/twin/", views.job_twin, name="job-twin"),
     path("<int:pk>/export.csv", views.export_csv, name="job-export-csv"),
     path("<int:pk>/export.json", views.export_json, name="job-export-json"),
     path("<int:pk>/model.safetensors", views.download_model, name="job-model"),

@@ -333,6 +333,25 @@ def job_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     return redirect("training:job-detail", pk=job.pk)
 
 
+@require_POST
+@operator_required
+def job_twin(request: HttpRequest, pk: int) -> HttpResponse:
+    """Launch the job's twin on the other backend ("Run in simulation" / "Run on the lab")."""
+    from training.jobs.simulation_config import twin_config  # noqa: PLC0415
+
+    job = get_object_or_404(Job, pk=pk)
+    data = twin_config(job.config, lab_clients=job.participants.count())
+    try:
+        twin = services.create_job(request.user, parse_job_config(data))
+    except JobConfigError as exc:
+        messages.error(request, f"Could not launch the twin of job #{job.pk}: {exc}.")
+        return redirect("training:job-detail", pk=job.pk)
+    services.log(twin.pk, f"twin of job #{job.pk} ({job.config.get('backend', 'lab')})")
+    messages.success(request, f"Job #{twin.pk} is job #{job.pk}'s twin; compare them: "
+                     f"{reverse('training:job-compare')}?ids={job.pk},{twin.pk}")  # fmt: skip
+    return redirect(f"{reverse('training:job-compare')}?ids={job.pk},{twin.pk}")
+
+
 # --- client influence: exclude / include a phone, exact leave-one-out --------------------------------
 @require_POST
 @operator_required
