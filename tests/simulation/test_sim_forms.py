@@ -81,3 +81,19 @@ def test_run_in_simulation_launches_the_twin_and_opens_the_compare_page(
     client.post(reverse("training:job-twin", args=[twin.pk]))
     back = Job.objects.order_by("-pk").first()
     assert back is not None and back.config["backend"] == "lab" and back.config["sim_clients"] == 0
+
+
+def test_run_job_takes_every_saved_example(operator: Any, queued_starts: list) -> None:
+    from io import StringIO  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from django.core.management import call_command  # noqa: PLC0415
+
+    examples = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.json"))
+    assert len(examples) >= 9
+    for example in examples:
+        call_command("run_job", "--config", str(example), "--owner", operator.username, stdout=StringIO())
+    jobs = Job.objects.all()
+    assert jobs.count() == len(examples)
+    assert {j.config["backend"] for j in jobs} == {"simulation"}
+    assert Job.objects.filter(name="FedLaAvg N=1000 E=50").get().config["sim_params"]["group_by_label"] == 1
