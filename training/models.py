@@ -339,7 +339,8 @@ class ClientResult(models.Model):
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "device": self.device_id,
+            # The dashboard keys its client cells by this: a simulated client's id where there is no phone.
+            "device": self.device_id if self.device_id is not None else self.client_id,
             "device_name": self.client_name,
             "client": self.client_id,
             # How the client runs the agent (exec / resident / app); simulated clients run in-process.
