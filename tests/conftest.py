@@ -39,6 +39,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings as django_settings
+from kombu import pools as kombu_pools
 
 from config.ports import free_port, free_port_range
 
@@ -81,10 +82,10 @@ def _point_celery_at(broker_url: str, backend_url: str) -> None:
     # its own changes: set both, or the change above is shadowed by the settings' Redis URL.
     django_settings.CELERY_BROKER_URL = broker_url
     django_settings.CELERY_RESULT_BACKEND = backend_url
-    # Drop cached connections/producers/backends so the next publish uses the new URLs
-    # (the same reset Celery performs after a fork).
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # Drop cached connections/producers/backends so the next publish uses the new URLs (the same reset
+    # Celery performs after a fork). The app's pools live in kombu's registry, keyed by URL: reset it
+    # too, or pointing back at a URL used before hands out that URL's closed pool.
+    kombu_pools.reset()
     app._after_fork()
     app._backend_cache = None
     app._local = threading.local()
