@@ -436,7 +436,10 @@ class JobForm(forms.Form):
                 coerce=int,
                 required=False,
                 initial=current.initial,
-                choices=[(d.pk, f"#{d.pk} {d.name} ({d.format})") for d in DataSet.objects.all()[:500]],
+                # A callable: read when the select is drawn or a choice is checked, not per form built.
+                choices=lambda: [
+                    (d.pk, f"#{d.pk} {d.name} ({d.format})") for d in DataSet.objects.all()[:500]
+                ],
                 help_text="Uploaded on the data sets page; for a phone-resident job, the held-out test set.",
             )
 
