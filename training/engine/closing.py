@@ -18,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from training.engine.jobdata import cached_model_spec, job_config, job_data, job_strategy
+from training.engine.sim_updates import simulated_updates
 from training.fl.evaluate import evaluate_weights
 from training.fl.strategy import ClientFailure, ClientUpdate
 from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors
@@ -115,8 +116,6 @@ def _aggregate_round(rnd: Round) -> None:
     simulated = any(r.device_id is None for r in results)
     updates = []
     if simulated:  # simulated clients: their updates are in their batches' files (engine/sim_training.py)
-        from training.engine.sim_training import simulated_updates  # noqa: PLC0415 - simulation jobs only
-
         by_index = dict(
             Participant.objects.filter(
                 job=job, client_index__in=[r.client_index for r in reported]

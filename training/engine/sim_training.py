@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 from django.db import DatabaseError, transaction
@@ -34,10 +33,11 @@ from training.engine import closing
 from training.engine.configure import base_agent_config
 from training.engine.jobdata import cached_model_spec, job_config, job_data, job_strategy, total_samples
 from training.engine.sim_clients import population
+from training.engine.sim_updates import sim_round_dir
 from training.engine.simulation import client_parts, payload_bytes
 from training.fl.client import HONEST, ClientTask, TrainingDiverged, client_config_for_round, client_train
-from training.fl.strategy import ClientUpdate, ServerState
-from training.fl.wire import DEFAULT_MAX_UPDATE_BYTES, load_tensors, save_tensors
+from training.fl.strategy import ServerState
+from training.fl.wire import save_tensors
 from training.jobs import leases, storage
 from training.jobs.events import send_job_event
 from training.models import (
@@ -53,10 +53,6 @@ from training.models import (
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 5.0
-
-
-def sim_round_dir(job_id: int, round_no: int, attempt: int) -> Path:
-    return storage.job_dir(job_id) / "sim" / f"round-{round_no}.{attempt}"
 
 
 def client_state_dir(job_id: int, index: int) -> Path:
@@ -291,28 +287,3 @@ def record(rnd: Round, token: str, trained: list[Trained], file_name: str, scrat
                 target = client_state_dir(rnd.job_id, int(index or 0))
                 shutil.copytree(source, target, dirs_exist_ok=True)
         send_job_event(rnd.job_id, "batch.finished", round=rnd.number, reported=len(reported))
-
-
-def simulated_updates(
-    rnd: Round, reported: Sequence[ClientResult], shard_samples: dict[int, int]
-) -> list[ClientUpdate]:
-    """The reported simulated clients' updates from their batch files (closing.py's aggregation)."""
-    directory = sim_round_dir(rnd.job_id, rnd.number, rnd.attempt)
-    files: dict[str, dict[str, torch.Tensor]] = {}
-    updates = []
-    for result in reported:
-        name = str(result.metrics.get("sim_file", ""))
-        if name not in files:
-            files[name] = load_tensors(directory / name, max_bytes=DEFAULT_MAX_UPDATE_BYTES * 10_000)
-        prefix = f"{result.client_index}/"
-        tensors = {k[len(prefix) :]: v for k, v in files[name].items() if k.startswith(prefix)}
-        metrics: dict[str, Any] = result.metrics
-        updates.append(
-            ClientUpdate(
-                client_id=result.client_id,
-                num_samples=shard_samples[int(result.client_index or 0)],
-                tensors=tensors,
-                metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-            )
-        )
-    return updates

@@ -33,6 +33,7 @@ import torch
 from django.db import transaction
 from django.utils import timezone
 
+from training.engine.closing import MAX_ROUND_ATTEMPTS
 from training.engine.configure import base_agent_config
 from training.engine.jobdata import build_strategy, job_data, job_model_spec, load_job_dataset
 from training.engine.sim_clients import dropped_out, local_steps, population
@@ -313,8 +314,6 @@ def start_sim_round(
                 finished_at=timezone.now(),
             )
             send_job_event(job.pk, "round.abandoned", round=rnd.snapshot())
-        from training.engine.closing import MAX_ROUND_ATTEMPTS  # noqa: PLC0415
-
         if attempt >= MAX_ROUND_ATTEMPTS:
             services.pause_for_operator(
                 job, f"round {round_no}: too few simulated clients online {attempt} times"
