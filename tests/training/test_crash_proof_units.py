@@ -228,6 +228,27 @@ def test_an_update_whose_sample_count_differs_from_the_shard_is_rejected(
     assert reason in result.reason
 
 
+@pytest.mark.parametrize(("samples", "state"), [(55, ClientState.REPORTED), (71, ClientState.REJECTED)])
+def test_a_submodel_client_may_claim_fewer_samples_than_its_shard_never_more(
+    operator: Any,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    samples: int,
+    state: str,
+) -> None:
+    """FedSubAvg clients train on the samples their randomized request covers (the server cannot know
+    which): fewer than the shard is their truth, more is a lie."""
+    rnd = make_round(make_job(operator), 1, status=RoundStatus.TRAINING)
+    result = add_client(rnd, make_device("submodel-phone"), ClientState.PULLING)
+    monkeypatch.setattr(client.uploads, "upload_errors", lambda *a: [])
+    monkeypatch.setattr(client.uploads, "job_needs_request", lambda job: True)
+    client._accept(result, 70, _round_files(tmp_path, samples), limit=10**6, pull_s=0.1)
+    result.refresh_from_db()
+    assert result.state == state
+    if state == ClientState.REPORTED:
+        assert result.num_samples == 55
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [

@@ -455,9 +455,12 @@ def _accept(
         errors = uploads.upload_errors(result.round, str(result.device_id), tensors, shard_samples)
         if errors:
             raise InvalidUpdate("; ".join(errors))
-        # The weight of an update is the server's own record of the shard it sent (a phone claiming
-        # more would outweigh every other phone in the average); a claim that differs is refused.
-        if samples != shard_samples:
+        # The weight of an update is bounded by the server's own record of the shard it sent (a phone
+        # claiming more would outweigh every other phone in the average). Submodel clients train on the
+        # samples their (randomized) request covers, which the server cannot know: fewer is allowed
+        # there; everywhere else the claim must be the shard's size.
+        partial = uploads.job_needs_request(result.job)
+        if samples > shard_samples or (samples != shard_samples and not partial):
             raise ValueError(
                 f"result.json claims {samples} samples, but this phone's shard holds {shard_samples}"
             )

@@ -132,7 +132,10 @@ def _aggregate_round(rnd: Round) -> None:
         updates.append(
             ClientUpdate(
                 client_id=str(result.device_id),
-                num_samples=shard_samples[result.device_id],
+                # The validated claim (client.py), never above the shard the server recorded.
+                num_samples=min(
+                    result.num_samples or shard_samples[result.device_id], shard_samples[result.device_id]
+                ),
                 tensors=load_tensors(path, max_bytes=DEFAULT_MAX_UPDATE_BYTES),
                 metrics={k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)},
             )
