@@ -695,13 +695,19 @@ class _Connection:
             self.send_file({"type": "file", "id": rid, "path": request["path"], "size": size}, source, size)
         return True
 
+    def _placed(self, rid: int, relative: str) -> Path | None:
+        """`relative` inside the work dir; None after answering 'invalid' when it may not be used."""
+        try:
+            return place(self.server.config.work_dir, relative)
+        except BadPath as exc:
+            self.send_error(rid, "invalid", str(exc))
+            return None
+
     def _on_remove(self, request: dict[str, Any], head: FrameHead) -> bool:
         self.reader.read_payload(head, None)
         rid = request["id"]
-        try:
-            path = place(self.server.config.work_dir, request["path"])
-        except BadPath as exc:
-            self.send_error(rid, "invalid", str(exc))
+        path = self._placed(rid, request["path"])
+        if path is None:
             return True
         task = self.server.running_task()
         if (
@@ -730,10 +736,8 @@ class _Connection:
         rid = request["id"]
         digests: dict[str, str | None] = {}
         for relative in request["paths"]:
-            try:
-                path = place(self.server.config.work_dir, relative)
-            except BadPath as exc:
-                self.send_error(rid, "invalid", str(exc))
+            path = self._placed(rid, relative)
+            if path is None:
                 return True
             digests[relative] = self.server.file_hashes(path)
         self.send({"type": "ok", "id": rid, "sha256": digests})
@@ -748,10 +752,8 @@ class _Connection:
     def _start(self, request: dict[str, Any], head: FrameHead, work: Callable[[_Task], None]) -> bool:
         self.reader.read_payload(head, None)
         rid = request["id"]
-        try:
-            round_dir = place(self.server.config.work_dir, request["round_dir"])
-        except BadPath as exc:
-            self.send_error(rid, "invalid", str(exc))
+        round_dir = self._placed(rid, request["round_dir"])
+        if round_dir is None:
             return True
         task = _Task(id=rid, kind=request["type"], owner=self, round_dir=round_dir)
         if not self.server.start_task(task, work):
@@ -826,10 +828,8 @@ class _Connection:
     def _on_result(self, request: dict[str, Any], head: FrameHead) -> bool:
         self.reader.read_payload(head, None)
         rid = request["id"]
-        try:
-            round_dir = place(self.server.config.work_dir, request["round_dir"])
-        except BadPath as exc:
-            self.send_error(rid, "invalid", str(exc))
+        round_dir = self._placed(rid, request["round_dir"])
+        if round_dir is None:
             return True
         task = self.server.running_task()
         if task is not None and task.round_dir == round_dir:
