@@ -3,9 +3,12 @@ protocol, virtual phones running the agent. Nothing here is faked."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shlex
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -133,12 +136,24 @@ def test_three_round_fedavg_job_on_four_phones(
     wait_until(lambda: not job_files_left(), timeout_s=30, what="the job's files to leave the phones")
 
 
+def stall_next_run(control: Path, serial: str, *, seconds: float) -> None:
+    """Ask a lab's control socket (devices/virtual/control.py) to hang the phone's next agent run."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(control))
+        sock.sendall(json.dumps({"op": "stall_run", "phone": serial, "seconds": seconds}).encode() + b"\n")
+        assert json.loads(sock.makefile("rb").readline())["ok"]
+
+
 def test_phone_dropping_mid_round_is_recorded_and_the_round_commits(
     celery_worker: dict[str, ManagedProcess], virtual_phones: Callable[..., VirtualLab]
 ) -> None:
     register(virtual_phones(3, seed=21), "drop")
-    doomed_lab = virtual_phones(1, seed=22)
+    control = Path(f"/tmp/ff-ctl-{os.getpid()}-drop.sock")  # noqa: S108 - AF_UNIX paths are short
+    doomed_lab = virtual_phones(1, seed=22, extra=("--control-socket", str(control)))
     (doomed,) = register(doomed_lab, "drop-extra")
+    # Its agent hangs, so it cannot report before it vanishes (a fast round otherwise raced the stop).
+    stall_next_run(control, doomed_lab.phones[0].serial, seconds=60)
     doomed.tags.add(*Device.objects.get(name="drop-0").tags.all())
 
     # 4 phones, goal 3, minimum 3: all four are selected (130% over-selection) and one vanishes.
