@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -243,30 +243,14 @@ def plan_outcomes(
         if dropped_out(config, round_no, attempt, o.index):
             outcomes.append(Outcome(o.index, o.push_s, 0.0, 0.0, ClientState.DROPPED, "simulated dropout"))
         elif o.finish_s > deadline:
-            outcomes.append(
-                Outcome(
-                    o.index,
-                    o.push_s,
-                    o.train_s,
-                    o.pull_s,
-                    ClientState.LATE,
-                    f"simulated: would report at {o.finish_s:.1f} s, after the {deadline:.0f} s deadline",
-                )
-            )
+            why = f"simulated: would report at {o.finish_s:.1f} s, after the {deadline:.0f} s deadline"
+            outcomes.append(replace(o, state=ClientState.LATE, reason=why))
         else:
             on_time.append(o)
     on_time.sort(key=lambda o: (o.finish_s, o.index))
     for o in on_time[goal:]:
-        outcomes.append(
-            Outcome(
-                o.index,
-                o.push_s,
-                o.train_s,
-                o.pull_s,
-                ClientState.LATE,
-                f"goal reached before it reported (simulated {o.finish_s:.1f} s)",
-            )
-        )
+        why = f"goal reached before it reported (simulated {o.finish_s:.1f} s)"
+        outcomes.append(replace(o, state=ClientState.LATE, reason=why))
     reporters = on_time[:goal]
     outcomes.extend(reporters)
     if len(reporters) >= goal and reporters:
